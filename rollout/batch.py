@@ -1,0 +1,89 @@
+"""The typed batch that flows rollout -> reward -> learner as a Ray object ref.
+
+B = number of sequences = n_prompts * G (G completions per prompt, rows of one group are
+adjacent), P = padded prompt length (prompts are LEFT-padded), R = padded response length
+(responses are RIGHT-padded). All tensors live on CPU so they travel through the object store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor            # [B, P] int64, left-padded with pad_id
+    prompt_mask: torch.Tensor           # [B, P] int64, 1 on real prompt tokens
+    response_ids: torch.Tensor          # [B, R] int64, right-padded with pad_id
+    response_mask: torch.Tensor         # [B, R] float32, 1 on generated tokens incl. the stop token
+    logprobs: torch.Tensor              # [B, R] float32, log p of each sampled token under the
+                                        #        distribution actually sampled from (0 on padding)
+    group_uid: torch.Tensor             # [B] int64, rows with the same uid answer the same prompt
+    prompt_keys: list[str]              # [B] stable key of each prompt (SPO tracker, logging)
+    answers: list[str]                  # [B] ground-truth answer of each row's prompt ("" if none)
+    response_text: list[str]            # [B] decoded responses (special tokens stripped)
+    policy_version: int = 0             # learner weight version the rollout sampled with
+    rewards: torch.Tensor | None = None # [B] float32, filled by the reward actor
+    reward_info: dict[str, Any] = field(default_factory=dict)  # per-component means, error counts
+    meta: dict[str, Any] = field(default_factory=dict)         # timings, engine name, ...
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    @property
+    def sequences(self) -> torch.Tensor:
+        """[B, P+R] prompt then response tokens, as the learner scores them."""
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """[B, P+R] 1 on real tokens (left pad and right pad are 0)."""
+        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    def with_rewards(self, rewards: torch.Tensor, info: dict[str, Any] | None = None) -> "RolloutBatch":
+        return replace(self, rewards=rewards.float(), reward_info=dict(info or {}))
+
+    def select(self, idx: torch.Tensor | list[int]) -> "RolloutBatch":
+        """Rows `idx` (e.g. the groups that survive zero-variance filtering)."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        il = idx_t.tolist()
+        pick = lambda xs: [xs[i] for i in il]  # noqa: E731
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids[idx_t], prompt_mask=self.prompt_mask[idx_t],
+            response_ids=self.response_ids[idx_t], response_mask=self.response_mask[idx_t],
+            logprobs=self.logprobs[idx_t], group_uid=self.group_uid[idx_t],
+            prompt_keys=pick(self.prompt_keys), answers=pick(self.answers),
+            response_text=pick(self.response_text),
+            rewards=None if self.rewards is None else self.rewards[idx_t],
+        )
+
+    @staticmethod
+    def concat(batches: list["RolloutBatch"], pad_id: int = 0) -> "RolloutBatch":
+        """Join batches from several workers: prompts re-left-padded, responses re-right-padded."""
+        P = max(b.prompt_ids.shape[1] for b in batches)
+        R = max(b.response_ids.shape[1] for b in batches)
+
+        def lpad(t: torch.Tensor, n: int, v: float) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (n - t.shape[1], 0), value=v)
+
+        def rpad(t: torch.Tensor, n: int, v: float) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, n - t.shape[1]), value=v)
+
+        cat = lambda f, pad, n, v: torch.cat([pad(getattr(b, f), n, v) for b in batches])  # noqa: E731
+        rewards = None
+        if all(b.rewards is not None for b in batches):
+            rewards = torch.cat([b.rewards for b in batches])
+        return RolloutBatch(
+            prompt_ids=cat("prompt_ids", lpad, P, pad_id), prompt_mask=cat("prompt_mask", lpad, P, 0),
+            response_ids=cat("response_ids", rpad, R, pad_id), response_mask=cat("response_mask", rpad, R, 0),
+            logprobs=cat("logprobs", rpad, R, 0.0),
+            group_uid=torch.cat([b.group_uid for b in batches]),
+            prompt_keys=sum((b.prompt_keys for b in batches), []),
+            answers=sum((b.answers for b in batches), []),
+            response_text=sum((b.response_text for b in batches), []),
+            policy_version=min(b.policy_version for b in batches),
+            rewards=rewards,
+        )
