@@ -1,0 +1,374 @@
+"""The MiniMind decoder in one file: Dense and MoE, GQA, RoPE (+YaRN), RMSNorm, SwiGLU, qk-norm.
+
+Module and parameter names are those of MiniMind's own `model_minimind.py` (which are those
+of Hugging Face Llama/Qwen3), so a MiniMind `.pth` state dict loads directly and the
+Hugging Face export is a dtype cast, not a rewrite.
+
+Padding: prompts may be LEFT-padded. Pass `attention_mask` [B, T] (1 = real token); position
+ids then default to `cumsum(mask) - 1`, so a left-padded prompt sees exactly the positions it
+would see alone, and padded keys are never attended.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MiniMindConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in fp32 (bf16 mean-of-squares loses too much), cast back, then scale
+        xf = x.float()
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inv_freq(cfg: MiniMindConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim/2] and the attention (cos/sin) scale.
+
+    YaRN follows the published method (and Hugging Face's `rope_type="yarn"`): frequencies whose
+    wavelength is short compared with the original context are kept (extrapolated), long ones are
+    interpolated by `factor`, with a linear ramp between `beta_fast` and `beta_slow` rotations.
+    """
+    dim, base = cfg.head_dim, cfg.rope_theta
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    inv_freq = 1.0 / pos_freqs
+    rs = cfg.rope_scaling
+    if rs is None:
+        return inv_freq.float(), 1.0
+    factor = float(rs["factor"])
+    orig = int(rs.get("original_max_position_embeddings", cfg.max_position_embeddings))
+    beta_fast, beta_slow = float(rs.get("beta_fast", 32)), float(rs.get("beta_slow", 1))
+    attn_factor = rs.get("attention_factor")
+    if attn_factor is None:
+        attn_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    def correction_dim(n_rot: float) -> float:
+        return (dim * math.log(orig / (n_rot * 2 * math.pi))) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    inv_freq = (inv_freq / factor) * (1 - extrapolation) + inv_freq * extrapolation
+    return inv_freq.float(), float(attn_factor)
+
+
+def rope_tables(cfg: MiniMindConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [length, head_dim] in the rotate-half layout (Llama / MiniMind)."""
+    inv_freq, scale = rope_inv_freq(cfg)
+    t = torch.arange(length, dtype=torch.float32)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos() * scale, emb.sin() * scale
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x [B, H, T, D]; cos/sin [B, 1, T, D]
+    return x * cos + rotate_half(x) * sin
+
+
+# ----------------------------------------------------------------------------- KV cache
+class KVCache:
+    """Preallocated keys/values for every layer: [B, n_kv_heads, max_len, head_dim].
+
+    All rows share one write position (prompts are left-padded to one length), so a decode step
+    is a slice assignment, never a per-row Python loop.
+    """
+
+    def __init__(self, cfg: MiniMindConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.max_len = max_len
+        self.pos = 0  # number of positions filled
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        end = self.pos + t
+        if end > self.max_len:
+            raise RuntimeError(f"KVCache overflow: need {end} positions, allocated {self.max_len}")
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, t: int) -> None:
+        self.pos += t
+
+    def reorder(self, idx: torch.Tensor) -> None:
+        """Keep rows `idx` (e.g. drop finished sequences)."""
+        self.k = [k.index_select(0, idx) for k in self.k]
+        self.v = [v.index_select(0, idx) for v in self.v]
+
+
+# ----------------------------------------------------------------------------- blocks
+class Attention(nn.Module):
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.qk_norm = cfg.qk_norm
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, attn_mask, layer_idx: int, cache: KVCache | None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv != self.n_heads)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class MoEGate(nn.Module):
+    """Softmax router with top-k selection and the load-balance auxiliary loss."""
+
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.top_k, self.n_experts = cfg.num_experts_per_tok, cfg.n_routed_experts
+        self.norm_topk_prob, self.alpha, self.seq_aux = cfg.norm_topk_prob, cfg.aux_loss_alpha, cfg.seq_aux
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor):
+        B, T, H = x.shape
+        scores = F.linear(x.reshape(-1, H), self.weight).softmax(dim=-1)  # [N, E]
+        topk_w, topk_idx = scores.topk(self.top_k, dim=-1, sorted=False)    # [N, k]
+        if self.top_k > 1 and self.norm_topk_prob:
+            topk_w = topk_w / (topk_w.sum(dim=-1, keepdim=True) + 1e-20)
+        aux = scores.new_zeros(())
+        if self.training and self.alpha > 0:
+            if self.seq_aux:
+                # per sequence: fraction of routed slots per expert (scaled so uniform = 1) x mean prob
+                counts = scores.new_zeros(B, self.n_experts).scatter_add_(
+                    1, topk_idx.view(B, -1), scores.new_ones(B, T * self.top_k))
+                load = counts / (T * self.top_k / self.n_experts)
+                aux = (load * scores.view(B, T, -1).mean(dim=1)).sum(dim=1).mean() * self.alpha
+            else:
+                load = F.one_hot(topk_idx.view(-1), self.n_experts).float().mean(0) * self.n_experts
+                aux = (scores.mean(0) * load).sum() * self.alpha
+        return topk_idx, topk_w, aux
+
+
+class MoEFeedForward(nn.Module):
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.n_routed_experts))
+        self.gate = MoEGate(cfg)
+        self.shared_experts = nn.ModuleList(FeedForward(cfg) for _ in range(cfg.n_shared_experts))
+        self.aux_loss = torch.zeros(())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, H = x.shape
+        idx, w, self.aux_loss = self.gate(x)
+        flat = x.reshape(-1, H)
+        k = idx.shape[1]
+        # group the (token, slot) pairs by expert with one sort: Python loops over experts only
+        order = idx.view(-1).argsort(stable=True)
+        counts = torch.bincount(idx.view(-1), minlength=len(self.experts)).tolist()
+        token_of = order // k
+        out = torch.zeros_like(flat)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            sel = order[start:start + n]
+            tok = token_of[start:start + n]
+            y = self.experts[e](flat.index_select(0, tok)) * w.view(-1, 1).index_select(0, sel).to(flat.dtype)
+            out.index_add_(0, tok, y)
+            start += n
+        out = out.view(B, T, H)
+        for shared in self.shared_experts:
+            out = out + shared(x)
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MiniMindConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.self_attn = Attention(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MoEFeedForward(cfg) if cfg.use_moe else FeedForward(cfg)
+
+    def forward(self, x, cos, sin, attn_mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, self.layer_idx, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor | None      # [B, T, V] (or [B, keep, V] with num_logits_to_keep)
+    hidden_states: torch.Tensor      # [B, T, H] after the final norm
+    loss: torch.Tensor | None = None  # mean next-token CE over labels != -100 (+ aux_loss)
+    aux_loss: torch.Tensor | None = None  # MoE load-balance loss (0 for dense)
+
+
+def positions_from_mask(attention_mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Position ids that skip left padding: [B, T] = cumsum(mask) - 1 (pads clamped to 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0) + offset
+
+
+def build_attn_mask(key_mask: torch.Tensor, q_len: int) -> torch.Tensor:
+    """Boolean SDPA mask [B, 1, q_len, S] for queries at the last q_len of S key positions:
+    causal AND key is real. Each query may always see itself, so a padded query row is never
+    fully masked (that would give NaN through softmax)."""
+    B, S = key_mask.shape
+    q_pos = torch.arange(S - q_len, S, device=key_mask.device).view(q_len, 1)
+    k_pos = torch.arange(S, device=key_mask.device).view(1, S)
+    causal = k_pos <= q_pos
+    allowed = causal.unsqueeze(0) & key_mask.bool().view(B, 1, S)
+    allowed = allowed | (k_pos == q_pos).unsqueeze(0)
+    return allowed.unsqueeze(1)
+
+
+class MiniMindModel(nn.Module):
+    """Embedding + decoder blocks + final norm (the trunk shared by LM, critic and reward model)."""
+
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        cos, sin = rope_tables(cfg, cfg.max_position_embeddings)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None):
+        B, T = input_ids.shape
+        past = cache.pos if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            else:
+                # attention_mask covers the cache plus the new tokens: [B, past + T]
+                position_ids = positions_from_mask(attention_mask)[:, -T:]
+        if int(position_ids.max()) >= self.rope_cos.shape[0]:
+            raise ValueError(f"position {int(position_ids.max())} exceeds max_position_embeddings="
+                             f"{self.rope_cos.shape[0]}")
+        cos = self.rope_cos[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        sin = self.rope_sin[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
+        attn_mask = None
+        if attention_mask is not None:
+            attn_mask = build_attn_mask(attention_mask, T)
+        elif past > 0:
+            attn_mask = build_attn_mask(torch.ones(B, past + T, dtype=torch.bool, device=input_ids.device), T)
+        x = self.dropout(self.embed_tokens(input_ids))
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn_mask, cache)
+        if cache is not None:
+            cache.advance(T)
+        aux = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MoEFeedForward)),
+                  x.new_zeros(()))
+        return self.norm(x), aux
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+
+
+class MiniMindForCausalLM(nn.Module):
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = MiniMindModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        init_weights(self, cfg.initializer_range)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                cache: KVCache | None = None, num_logits_to_keep: int = 0) -> ModelOutput:
+        """`labels` [B, T] are the input ids themselves (shifted inside, -100 ignored), as in HF."""
+        h, aux = self.model(input_ids, attention_mask, position_ids, cache)
+        logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                   labels[:, 1:].reshape(-1), ignore_index=-100) + aux
+        return ModelOutput(logits=logits, hidden_states=h, loss=loss, aux_loss=aux)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+class MiniMindScoreModel(nn.Module):
+    """Trunk + scalar head: the PPO critic and the reward model. Returns one value per position."""
+
+    def __init__(self, cfg: MiniMindConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = MiniMindModel(cfg)
+        self.score = nn.Linear(cfg.hidden_size, 1, bias=False)
+        init_weights(self, cfg.initializer_range)
+        nn.init.zeros_(self.score.weight)  # start every value at 0: no initial bias in GAE / BT
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h, _ = self.model(input_ids, attention_mask, position_ids)
+        return self.score(h).squeeze(-1).float()  # [B, T]
+
+
+def last_token_values(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B] value at the last real token of each row (right or left padded)."""
+    T = attention_mask.shape[1]
+    idx = T - 1 - attention_mask.long().flip(-1).argmax(-1)
+    return values.gather(1, idx.view(-1, 1)).squeeze(1)
