@@ -1,0 +1,175 @@
+"""SPO: Single-stream Policy Optimization (arXiv 2509.13232).
+
+One sample per prompt; the baseline comes from a persistent per-prompt Beta(α, β) tracker
+of the success probability instead of a group of samples.
+
+Per step, for the batch's prompt keys (in this order):
+    v    = tracker.baseline(keys)                    # α/(α+β), read BEFORE the update
+    A    = spo_advantages(rewards, v)               # r − v, normalised over the batch
+    D    = tracker.drift(keys, mean_logp)           # |Δ mean logp| since the prompt was last seen
+    tracker.update(keys, rewards, D)                 # ρ = clip(2^(−D/D_half), ρ_min, ρ_max)
+                                                     # α ← ρα + r,  β ← ρβ + (1 − r)
+and the loss is :func:`learner.losses.grpo.policy_loss` with A broadcast over tokens.
+
+Defaults: D_half = 0.06, ρ_min = 0.875, ρ_max = 0.96 (the paper's values; ρ_max bounds the
+memory at an effective window of 1/(1−ρ_max) = 25 observations, ρ_min keeps at least
+1/(1−ρ_min) = 8). Unseen prompts start from ``prior`` = (α0, β0) = (1, 1) (v = 0.5) unless
+initialised with :meth:`SPOTracker.init_from_samples`, which sets
+α = n0·mean, β = n0·(1 − mean) with an effective sample count n0 (default
+1/(1−ρ_min) = 8, the steady-state count at the fastest forgetting rate).
+
+Keys are stored as ``str(key)`` so that :meth:`SPOTracker.state_dict` is JSON-able and
+survives a round trip through a checkpoint unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Hashable, Iterable, Sequence
+
+import torch
+
+__all__ = ["SPOTracker", "spo_advantages"]
+
+
+def spo_advantages(rewards: torch.Tensor, baselines: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """A = r − v, then (A − mean(A)) / (std(A) + eps) over the batch (unbiased std, as
+    ``torch.std``). A batch of one gives 0."""
+    a = rewards.float() - baselines.to(rewards.device).float()
+    if a.numel() < 2:
+        return torch.zeros_like(a)
+    return (a - a.mean()) / (a.std() + eps)
+
+
+class SPOTracker:
+    """Per-prompt Beta(α, β) value tracker with KL-adaptive forgetting (see module docs)."""
+
+    def __init__(
+        self,
+        d_half: float = 0.06,
+        rho_min: float = 0.875,
+        rho_max: float = 0.96,
+        prior: tuple[float, float] = (1.0, 1.0),
+        n0: float | None = None,
+        weight_floor: float = 0.05,
+    ) -> None:
+        if not 0.0 < rho_min <= rho_max <= 1.0:
+            raise ValueError(f"need 0 < rho_min <= rho_max <= 1, got {rho_min}, {rho_max}")
+        if d_half <= 0:
+            raise ValueError(f"d_half must be > 0, got {d_half}")
+        if prior[0] <= 0 or prior[1] <= 0:
+            raise ValueError(f"prior must be positive, got {prior}")
+        self.d_half = float(d_half)
+        self.rho_min = float(rho_min)
+        self.rho_max = float(rho_max)
+        self.prior = (float(prior[0]), float(prior[1]))
+        self.n0 = float(n0) if n0 is not None else 1.0 / (1.0 - self.rho_min)
+        self.weight_floor = float(weight_floor)
+        self._ab: dict[str, list[float]] = {}      # key -> [alpha, beta]
+        self._last_logp: dict[str, float] = {}     # key -> mean logp when last seen
+
+    # ------------------------------------------------------------------ reads
+    @staticmethod
+    def _key(k: Hashable) -> str:
+        return str(k)
+
+    def __len__(self) -> int:
+        return len(self._ab)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return self._key(key) in self._ab
+
+    def params(self, key: Hashable) -> tuple[float, float]:
+        """(α, β) of ``key`` (the prior for an unseen key)."""
+        a, b = self._ab.get(self._key(key), self.prior)
+        return float(a), float(b)
+
+    def _value(self, key: Hashable) -> float:
+        a, b = self.params(key)
+        s = a + b
+        return a / s if s > 0 else 0.5
+
+    def baseline(self, keys: Sequence[Hashable]) -> torch.Tensor:
+        """v = α/(α+β) per key, [B] float32. Call BEFORE :meth:`update` for the same batch."""
+        return torch.tensor([self._value(k) for k in keys], dtype=torch.float32)
+
+    def sampling_weights(self, keys: Sequence[Hashable]) -> torch.Tensor:
+        """Prompt sampling weights √(v(1−v)) + weight_floor (0.05): most weight on prompts
+        the policy solves about half the time. [B] float32 (unnormalised)."""
+        v = self.baseline(keys)
+        return torch.sqrt(v * (1.0 - v)) + self.weight_floor
+
+    def rho(self, drift: torch.Tensor | float) -> torch.Tensor:
+        """ρ = clip(2^(−D/D_half), ρ_min, ρ_max)."""
+        d = torch.as_tensor(drift, dtype=torch.float64)
+        return torch.pow(2.0, -d / self.d_half).clamp(self.rho_min, self.rho_max)
+
+    def drift(self, keys: Sequence[Hashable], mean_logp: torch.Tensor | Sequence[float],
+              record: bool = True) -> torch.Tensor:
+        """D = |mean_logp − mean_logp when the key was last seen| per row ([B] float32), 0 for a
+        key not seen before. With ``record`` (default) the new values are stored; a key that
+        appears twice in one call is compared with its previous row."""
+        vals = [float(x) for x in torch.as_tensor(mean_logp, dtype=torch.float64).reshape(-1).tolist()]
+        if len(vals) != len(keys):
+            raise ValueError(f"{len(keys)} keys but {len(vals)} mean_logp values")
+        out = []
+        seen = dict(self._last_logp) if not record else self._last_logp
+        for k, x in zip(keys, vals):
+            sk = self._key(k)
+            out.append(abs(x - seen[sk]) if sk in seen else 0.0)
+            seen[sk] = x
+        return torch.tensor(out, dtype=torch.float32)
+
+    # ------------------------------------------------------------------ writes
+    def update(self, keys: Sequence[Hashable], rewards: torch.Tensor | Sequence[float],
+               drift: torch.Tensor | Sequence[float] | None = None) -> None:
+        """α ← ρα + r, β ← ρβ + (1 − r) per row, in order (a key appearing twice is updated
+        twice). ``rewards`` must lie in [0, 1]; ``drift`` None means D = 0 (ρ = ρ_max)."""
+        r = torch.as_tensor(rewards, dtype=torch.float64).reshape(-1)
+        if r.numel() != len(keys):
+            raise ValueError(f"{len(keys)} keys but {r.numel()} rewards")
+        if r.numel() and (bool((r < 0).any()) or bool((r > 1).any()) or bool(torch.isnan(r).any())):
+            raise ValueError("SPO rewards must lie in [0, 1]")
+        d = torch.zeros_like(r) if drift is None else torch.as_tensor(drift, dtype=torch.float64).reshape(-1)
+        rho = self.rho(d).tolist()
+        for k, rr, p in zip(keys, r.tolist(), rho):
+            a, b = self.params(k)
+            self._ab[self._key(k)] = [p * a + rr, p * b + (1.0 - rr)]
+
+    def init_from_samples(self, key: Hashable, rewards: Iterable[float], n0: float | None = None) -> None:
+        """Offline initialisation from a few sampled rewards in [0, 1]:
+        α = n0·mean, β = n0·(1 − mean) (n0 defaults to the tracker's ``n0``)."""
+        rs = [float(x) for x in rewards]
+        if not rs:
+            raise ValueError("init_from_samples needs at least one reward")
+        if any(not 0.0 <= x <= 1.0 for x in rs):
+            raise ValueError("SPO rewards must lie in [0, 1]")
+        n = self.n0 if n0 is None else float(n0)
+        if n <= 0:
+            raise ValueError(f"n0 must be > 0, got {n}")
+        mean = sum(rs) / len(rs)
+        self._ab[self._key(key)] = [n * mean, n * (1.0 - mean)]
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (config + per-key α, β and last mean logp)."""
+        return {
+            "version": 1,
+            "config": {"d_half": self.d_half, "rho_min": self.rho_min, "rho_max": self.rho_max,
+                       "prior": list(self.prior), "n0": self.n0, "weight_floor": self.weight_floor},
+            "ab": {k: list(v) for k, v in self._ab.items()},
+            "last_logp": dict(self._last_logp),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        cfg = state.get("config", {})
+        self.d_half = float(cfg.get("d_half", self.d_half))
+        self.rho_min = float(cfg.get("rho_min", self.rho_min))
+        self.rho_max = float(cfg.get("rho_max", self.rho_max))
+        self.prior = tuple(float(x) for x in cfg.get("prior", self.prior))  # type: ignore[assignment]
+        self.n0 = float(cfg.get("n0", self.n0))
+        self.weight_floor = float(cfg.get("weight_floor", self.weight_floor))
+        self._ab = {str(k): [float(v[0]), float(v[1])] for k, v in state.get("ab", {}).items()}
+        self._last_logp = {str(k): float(v) for k, v in state.get("last_logp", {}).items()}
+        for k, (a, b) in self._ab.items():
+            if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0:
+                raise ValueError(f"bad SPO tracker state for key {k!r}: alpha={a}, beta={b}")
