@@ -116,6 +116,10 @@ class MiniMindTokenizer:
         their ids (as in HF), which is what makes encode(apply_chat_template(...)) work."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` over many texts at once (parallel in the Rust backend)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(map(int, ids)), skip_special_tokens=skip_special_tokens)
 
@@ -129,10 +133,7 @@ class MiniMindTokenizer:
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
     ) -> str:
         """MiniMind ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message."""
-        parts = [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages]
-        if add_generation_prompt:
-            parts.append(f"{IM_START}assistant\n")
-        return "".join(parts)
+        return render_chat(messages, add_generation_prompt)
 
     def encode_chat(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
@@ -213,6 +214,16 @@ class MiniMindTokenizer:
 
     def __repr__(self) -> str:
         return f"MiniMindTokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
+) -> str:
+    """The ChatML string (vocabulary-independent, so usable without a tokenizer)."""
+    parts = [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages]
+    if add_generation_prompt:
+        parts.append(f"{IM_START}assistant\n")
+    return "".join(parts)
 
 
 def _check_specials(tok: Tokenizer, source: str) -> None:

@@ -1,0 +1,33 @@
+"""MiniMind data: readers for the jsonl/parquet formats, cached tokenised datasets,
+resumable batching and built-in synthetic math corpora."""
+from minimind.data.datasets import (
+    IGNORE_INDEX,
+    BatchIterator,
+    DPODataset,
+    PretrainDataset,
+    RLPrompt,
+    RLPromptDataset,
+    SFTDataset,
+    collate_dpo,
+    collate_lm,
+    collate_rl,
+)
+from minimind.data.readers import (
+    DataError,
+    DPOPair,
+    MathRecord,
+    ReadReport,
+    ReadResult,
+    gsm8k_final_answer,
+    read_conversations,
+    read_dpo,
+    read_math,
+    read_pretrain,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "BatchIterator", "DPODataset", "PretrainDataset", "RLPrompt",
+    "RLPromptDataset", "SFTDataset", "collate_dpo", "collate_lm", "collate_rl",
+    "DataError", "DPOPair", "MathRecord", "ReadReport", "ReadResult", "gsm8k_final_answer",
+    "read_conversations", "read_dpo", "read_math", "read_pretrain",
+]

@@ -1,0 +1,258 @@
+"""Readers for MiniMind's data formats (jsonl, or parquet via pyarrow), validated per record.
+
+Formats (one JSON object per line, or one parquet row):
+  pretrain      {"text": str}
+  conversations {"conversations": [{"role": ..., "content": ...}, ...]}   (SFT, LoRA, RL chat)
+  dpo           {"chosen": [msgs], "rejected": [msgs]}
+  math          {"prompt" | "question": str, "answer": str | number}       (GSM8K: "... #### N")
+
+Every bad record is reported as `file:line: reason` (parquet: `file:row N: reason`).
+With strict=True the first one raises DataError; otherwise it is skipped, counted in the
+ReadReport, and a warning summary is logged when the file is done — never dropped silently.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+logger = logging.getLogger(__name__)
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+Message = dict[str, str]  # {"role": ..., "content": ...}
+T = TypeVar("T")
+
+
+class DataError(ValueError):
+    """A malformed record (strict mode); the message is `file:line: reason`."""
+
+
+class _Bad(Exception):
+    """Internal: raised by validators with the reason only (location added by the reader)."""
+
+
+@dataclass
+class ReadReport:
+    """What happened while reading one file."""
+
+    path: str
+    n_ok: int = 0
+    n_bad: int = 0
+    issues: list[str] = field(default_factory=list)  # the first `max_issues` messages
+    max_issues: int = 20
+
+    def add(self, message: str) -> None:
+        self.n_bad += 1
+        if len(self.issues) < self.max_issues:
+            self.issues.append(message)
+
+    def summary(self) -> str:
+        head = f"{self.path}: skipped {self.n_bad} bad record(s), kept {self.n_ok}"
+        return head + ("; first: " + " | ".join(self.issues[:3]) if self.issues else "")
+
+
+@dataclass
+class ReadResult(Generic[T]):
+    records: list[T]
+    report: ReadReport
+
+
+@dataclass(frozen=True)
+class DPOPair:
+    chosen: list[Message]
+    rejected: list[Message]
+
+
+@dataclass(frozen=True)
+class MathRecord:
+    prompt: str
+    answer: str  # the final answer only (for GSM8K-style text: the N after ####)
+    solution: str | None = None  # the full answer text when it was a worked solution
+
+
+def gsm8k_final_answer(answer_text: str) -> str:
+    """'... #### 1,234' -> '1234'. Raises ValueError if there is no `####` marker."""
+    if "####" not in answer_text:
+        raise ValueError(f"no '####' marker in answer: {answer_text[-60:]!r}")
+    final = answer_text.rsplit("####", 1)[1].strip()
+    final = final.replace(",", "").replace("$", "").strip().rstrip(".")
+    if not final:
+        raise ValueError("empty final answer after '####'")
+    return final
+
+
+# ----- validators: raw JSON object -> typed record, or raise _Bad(reason) -----------------
+
+def _obj(row: Any) -> dict:
+    if not isinstance(row, dict):
+        raise _Bad(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _nonempty_str(row: dict, key: str) -> str:
+    if key not in row or row[key] is None:
+        raise _Bad(f"missing field '{key}'")
+    v = row[key]
+    if not isinstance(v, str):
+        raise _Bad(f"field '{key}' must be a string, got {type(v).__name__}")
+    if not v.strip():
+        raise _Bad(f"field '{key}' is empty")
+    return v
+
+
+def _messages(row: dict, key: str) -> list[Message]:
+    if key not in row or row[key] is None:
+        raise _Bad(f"missing field '{key}'")
+    msgs = row[key]
+    if not isinstance(msgs, list):
+        raise _Bad(f"field '{key}' must be a list of messages, got {type(msgs).__name__}")
+    if not msgs:
+        raise _Bad(f"field '{key}' is an empty list")
+    out: list[Message] = []
+    for i, m in enumerate(msgs):
+        where = f"{key}[{i}]"
+        if not isinstance(m, dict):
+            raise _Bad(f"{where} must be an object, got {type(m).__name__}")
+        role, content = m.get("role"), m.get("content")
+        if role is None:
+            raise _Bad(f"{where} missing field 'role'")
+        if role not in ROLES:
+            raise _Bad(f"{where} unknown role {role!r} (expected one of {sorted(ROLES)})")
+        if content is None:
+            raise _Bad(f"{where} missing field 'content'")
+        if not isinstance(content, str):
+            raise _Bad(f"{where} field 'content' must be a string, got {type(content).__name__}")
+        if not content.strip():
+            raise _Bad(f"{where} has empty content")
+        out.append({"role": role, "content": content})  # extra keys dropped on purpose
+    return out
+
+
+def parse_pretrain(row: Any) -> str:
+    return _nonempty_str(_obj(row), "text")
+
+
+def parse_conversation(row: Any, require_assistant: bool = True) -> list[Message]:
+    msgs = _messages(_obj(row), "conversations")
+    if require_assistant and not any(m["role"] == "assistant" for m in msgs):
+        raise _Bad("conversation has no assistant message (nothing to learn)")
+    return msgs
+
+
+def parse_dpo(row: Any) -> DPOPair:
+    row = _obj(row)
+    chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+    for key, msgs in (("chosen", chosen), ("rejected", rejected)):
+        if msgs[-1]["role"] != "assistant":
+            raise _Bad(f"last message of '{key}' must be from the assistant")
+    if chosen[:-1] != rejected[:-1]:
+        raise _Bad("'chosen' and 'rejected' have different prompts")
+    return DPOPair(chosen, rejected)
+
+
+def parse_math(row: Any) -> MathRecord:
+    row = _obj(row)
+    key = "prompt" if row.get("prompt") is not None else "question"
+    if row.get(key) is None:
+        raise _Bad("missing field 'prompt' (or 'question')")
+    prompt = _nonempty_str(row, key)
+    if row.get("answer") is None:
+        raise _Bad("missing field 'answer'")
+    ans = row["answer"]
+    if isinstance(ans, bool) or not isinstance(ans, (str, int, float)):
+        raise _Bad(f"field 'answer' must be a string or number, got {type(ans).__name__}")
+    if isinstance(ans, (int, float)):
+        return MathRecord(prompt, _format_number(ans))
+    if not ans.strip():
+        raise _Bad("field 'answer' is empty")
+    if "####" in ans:
+        try:
+            return MathRecord(prompt, gsm8k_final_answer(ans), solution=ans)
+        except ValueError as e:
+            raise _Bad(str(e)) from None
+    return MathRecord(prompt, ans.strip())
+
+
+def _format_number(x: int | float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# ----- raw row iteration ------------------------------------------------------------------
+
+def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield (location, row-or-_Bad) for every record. Location is `file:line` for jsonl
+    (1-based; blank lines are not records) and `file:row N` (0-based) for parquet."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: data file not found")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        i = 0
+        for batch in pq.ParquetFile(p).iter_batches(batch_size=4096):  # bounded memory
+            for row in batch.to_pylist():
+                yield f"{p}:row {i}", row
+                i += 1
+        return
+    with open(p, "r", encoding="utf-8", errors="strict") as f:
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                # Text mode cannot resync after bad bytes; the rest of the file is unreadable.
+                yield f"{p}:{lineno}", _Bad(f"invalid UTF-8 ({e.reason}); rest of file unread")
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                yield f"{p}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{p}:{lineno}", _Bad(f"bad JSON ({e.msg} at column {e.colno})")
+
+
+def read_records(
+    path: str | Path, parse: Callable[[Any], T], *, strict: bool = False, max_issues: int = 20
+) -> ReadResult[T]:
+    """Validate every row with `parse`; strict raises on the first bad one."""
+    report = ReadReport(str(path), max_issues=max_issues)
+    records: list[T] = []
+    for loc, row in iter_rows(path):
+        try:
+            if isinstance(row, _Bad):
+                raise row
+            records.append(parse(row))
+        except _Bad as e:
+            message = f"{loc}: {e}"
+            if strict:
+                raise DataError(message) from None
+            report.add(message)
+    report.n_ok = len(records)
+    if report.n_bad:
+        logger.warning(report.summary())
+    return ReadResult(records, report)
+
+
+def read_pretrain(path: str | Path, *, strict: bool = False) -> ReadResult[str]:
+    return read_records(path, parse_pretrain, strict=strict)
+
+
+def read_conversations(
+    path: str | Path, *, strict: bool = False, require_assistant: bool = True
+) -> ReadResult[list[Message]]:
+    return read_records(
+        path, lambda r: parse_conversation(r, require_assistant), strict=strict
+    )
+
+
+def read_dpo(path: str | Path, *, strict: bool = False) -> ReadResult[DPOPair]:
+    return read_records(path, parse_dpo, strict=strict)
+
+
+def read_math(path: str | Path, *, strict: bool = False) -> ReadResult[MathRecord]:
+    return read_records(path, parse_math, strict=strict)
