@@ -1,0 +1,55 @@
+"""Optimisation settings shared by every stage."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    """Peak learning rate (reached after warmup)."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (not applied to norms and biases)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    warmup_steps: int = 10
+    """Linear warmup from 0 over this many optimizer updates."""
+    total_steps: int = 1000
+    """Updates over which the cosine decays from lr to min_lr_ratio * lr."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine schedule as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables clipping)."""
+    micro_batch_size: int = 0
+    """Rows per forward/backward; 0 = the whole (mini)batch at once. Gradients are identical."""
+    max_bad_steps: int = 3
+    """Consecutive non-finite losses/gradients tolerated (each skipped) before stopping."""
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "weight_decay": self.weight_decay >= 0,
+            "beta1": 0 <= self.beta1 < 1,
+            "beta2": 0 <= self.beta2 < 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "total_steps": self.total_steps >= 1,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "grad_clip": self.grad_clip >= 0,
+            "micro_batch_size": self.micro_batch_size >= 0,
+            "max_bad_steps": self.max_bad_steps >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"OptimConfig.{name}={getattr(self, name)!r} is out of range")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for optimizer update `step` (0-based): linear warmup, cosine to a floor."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        floor = self.lr * self.min_lr_ratio
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

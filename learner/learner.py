@@ -1,0 +1,239 @@
+"""Learner: the one training loop every stage plugs into.
+
+A `Stage` turns a batch into optimizer updates: `updates(learner, batch)` yields, for each
+optimizer update, a list of micro-batches; `loss(learner, micro)` returns (loss, stats). Losses
+are normalised by full-(mini)batch counts carried in each micro-batch, so summing micro-batch
+gradients gives exactly the big-batch gradient. Supervised stages yield one update per batch;
+RL stages compute their experience once and yield epochs x minibatches updates.
+
+The Learner owns the model(s), AdamW, the schedule, clipping, autocast, the non-finite guard and
+checkpoints (model + optimizer + step + RNG + stage state + caller's data position).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the message names the step and what was restored."""
+
+
+class Stage(Protocol):
+    name: str
+    max_sane_lr: float
+
+    def trainable(self, learner: "Learner") -> list[nn.Module]: ...
+    def updates(self, learner: "Learner", batch: Any) -> Iterator[list[dict]]: ...
+    def loss(self, learner: "Learner", micro: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def split_rows(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Split every row-indexed tensor/list of a dict batch into chunks of `size` rows;
+    scalars (global counts) are shared by every chunk."""
+    n = next(len(v) for v in batch.values() if isinstance(v, (torch.Tensor, list)))
+    if size <= 0 or size >= n:
+        return [batch]
+    chunks = []
+    for s in range(0, n, size):
+        chunks.append({k: (v[s:s + size] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()})
+    return chunks
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the run draws from, as tensors/ints only (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Learner:
+    def __init__(self, model: nn.Module, stage: Stage, optim: OptimConfig | None = None,
+                 ref_model: nn.Module | None = None, critic: nn.Module | None = None,
+                 device: str | torch.device = "cpu", run_dir: str | Path | None = None):
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.ref_model = ref_model.to(self.device).eval().requires_grad_(False) if ref_model is not None else None
+        self.critic = critic.to(self.device) if critic is not None else None
+        self.stage = stage
+        self.optim_cfg = optim or OptimConfig()
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.step = 0              # optimizer updates done
+        self.version = 0           # bumped on every update: the policy version rollouts quote
+        self.bad_steps = 0
+        self.last_good_ckpt: Path | None = None
+        if self.optim_cfg.lr > stage.max_sane_lr:
+            log.warning("lr=%g is unusually high for stage %r (typical <= %g); expect divergence",
+                        self.optim_cfg.lr, stage.name, stage.max_sane_lr)
+        self.optimizer = self._make_optimizer()
+
+    # ------------------------------------------------------------------ setup
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        seen: set[int] = set()
+        for module in self.stage.trainable(self):
+            for name, p in module.named_parameters():
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                (no_decay if p.ndim < 2 else decay).append(p)
+        if not decay and not no_decay:
+            raise ValueError(f"stage {self.stage.name!r}: no trainable parameters")
+        c = self.optim_cfg
+        groups = [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=c.lr_at(0), betas=(c.beta1, c.beta2), fused=fused)
+
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # fp32 on CPU: bf16 is 10-100x slower there
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: Any) -> dict[str, float]:
+        """All optimizer updates the stage derives from `batch`; returns averaged stats."""
+        t0 = time.perf_counter()
+        self.model.train()
+        if self.critic is not None:
+            self.critic.train()
+        self.last_stats: dict[str, float] = {}   # batch-level stats a stage reports (reward, kl, ...)
+        self.need_more = False                    # a filtering stage asks the driver for more rollouts
+        totals: dict[str, float] = {}
+        n_updates = 0
+        for micro_batches in self.stage.updates(self, batch):
+            stats = self._update(micro_batches)
+            n_updates += 1
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+        out = {k: v / max(n_updates, 1) for k, v in totals.items()}
+        out.update(self.last_stats)
+        out.update(need_more=float(self.need_more), updates=n_updates, lr=self.optimizer.param_groups[0]["lr"],
+                   learn_seconds=time.perf_counter() - t0, step=self.step)
+        return out
+
+    def _update(self, micro_batches: list[dict]) -> dict[str, float]:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.optim_cfg.lr_at(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        loss_total = 0.0
+        for micro in micro_batches:
+            with self.autocast():
+                loss, stats = self.stage.loss(self, micro)
+            loss.backward()
+            loss_total += float(loss.detach())
+            w = micro.get("weight", 1.0 / len(micro_batches))
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + w * float(v)
+        params = self.params()
+        clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
+            return self._bad_step(loss_total, grad_norm)
+        self.optimizer.step()
+        self.bad_steps = 0
+        self.step += 1
+        self.version += 1
+        sums.update(loss=loss_total, grad_norm=grad_norm)
+        return sums
+
+    def _bad_step(self, loss: float, grad_norm: float) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        log.warning("step %d: non-finite loss=%s grad_norm=%s, update skipped (%d in a row)",
+                    self.step, loss, grad_norm, self.bad_steps)
+        if self.bad_steps >= self.optim_cfg.max_bad_steps:
+            restored = "nothing (no checkpoint saved yet)"
+            if self.last_good_ckpt is not None:
+                self.load_checkpoint(self.last_good_ckpt)
+                restored = f"the last good checkpoint {self.last_good_ckpt} (step {self.step})"
+            raise TrainingDiverged(
+                f"{self.optim_cfg.max_bad_steps} consecutive non-finite steps ending at step {self.step} "
+                f"(loss={loss}, grad_norm={grad_norm}); restored {restored}. Lower the lr or check the data.")
+        return {"skipped": 1.0, "loss": loss, "grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ helpers for stages
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Policy state dict on CPU (what rollout workers load), tied weights kept once."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, path: str | Path, extra: dict | None = None) -> Path:
+        """model(s) as safetensors + optimizer/step/RNG/stage/extra as a weights-only torch file."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        # safetensors' save_model dedupes tied tensors and works for any module (LoRA-wrapped too)
+        safetensors.torch.save_model(self.model, str(tmp / "model.safetensors"))
+        if self.critic is not None:
+            safetensors.torch.save_model(self.critic, str(tmp / "critic.safetensors"))
+        torch.save({
+            "optimizer": self.optimizer.state_dict(), "step": self.step, "version": self.version,
+            "rng": rng_state(), "stage": self.stage.state_dict(),
+        }, tmp / "trainer_state.pt")
+        (tmp / "extra.json").write_text(json.dumps(extra or {}))
+        if path.exists():  # replace atomically-enough: never leave a half-written checkpoint behind
+            old = path.with_name(path.name + ".old")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+        self.last_good_ckpt = path
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore everything save_checkpoint wrote; returns the caller's `extra` dict."""
+        from minimind.checkpoint import CheckpointError
+
+        path = Path(path)
+        state_file = path / "trainer_state.pt"
+        if not state_file.exists():
+            raise CheckpointError(f"{state_file}: missing (not a learner checkpoint?)")
+        for module, name in ((self.model, "model"), (self.critic, "critic")):
+            if module is None:
+                continue
+            try:
+                safetensors.torch.load_model(module, str(path / f"{name}.safetensors"), strict=True)
+            except Exception as e:  # missing file, corrupt file, missing/unexpected/mis-shaped tensors
+                raise CheckpointError(f"{path / f'{name}.safetensors'}: {e}") from e
+        # weights_only: the file holds tensors, numbers, strings and tuples only
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.version = state["step"], state["version"]
+        set_rng_state(state["rng"])
+        self.stage.load_state_dict(state["stage"])
+        self.last_good_ckpt = path
+        self.bad_steps = 0
+        return json.loads((path / "extra.json").read_text())

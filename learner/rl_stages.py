@@ -1,0 +1,241 @@
+"""RL stages: GRPO, PPO, SPO. Each turns one scored `RolloutBatch` into experience (old and
+reference logprobs recomputed by the learner, advantages on the FULL batch) and then yields
+epochs x minibatches optimizer updates, so the PPO ratio really moves away from 1 and the
+clipping matters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from minimind.model import MiniMindForCausalLM
+from rollout.batch import RolloutBatch
+
+from .learner import Learner, split_rows
+from .losses import (GRPOLoss, PPOLoss, SPOTracker, entropy_from_logits, logprobs_from_logits,
+                     masked_mean, spo_advantages, zero_variance_groups)
+from .stages import _Base
+
+
+def response_logits(model: MiniMindForCausalLM, seq: torch.Tensor, attn: torch.Tensor, R: int,
+                    temperature: float) -> torch.Tensor:
+    """[B, R, V] logits that predicted each response token, at the sampling temperature.
+    Only the last R+1 positions go through the LM head (the prompt's logits are never needed)."""
+    logits = model(seq, attention_mask=attn, num_logits_to_keep=R + 1).logits[:, :-1].float()
+    return logits / temperature if temperature not in (0.0, 1.0) else logits
+
+
+def response_logprobs(model, seq, attn, R, temperature) -> torch.Tensor:
+    return logprobs_from_logits(response_logits(model, seq, attn, R, temperature), seq[:, -R:])
+
+
+@dataclass
+class RLUpdateConfig:
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    minibatches: int = 2
+    """Optimizer updates per epoch (the batch is shuffled and split)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollout: logprobs are recomputed at this temperature."""
+    use_rollout_logprobs: bool = False
+    """Take the engine's logprobs as the old policy instead of recomputing (e.g. a bf16 engine)."""
+    seed: int = 0
+    """Seed of the minibatch shuffling."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError(f"RLUpdateConfig: epochs={self.epochs} and minibatches={self.minibatches} must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"RLUpdateConfig.temperature={self.temperature}: RL needs a sampling temperature > 0")
+
+
+class _RLBase(_Base):
+    max_sane_lr = 1e-4
+    update: RLUpdateConfig
+
+    def _experience(self, learner: Learner, batch: RolloutBatch) -> dict:
+        dev = learner.device
+        seq, attn = batch.sequences.to(dev), batch.attention_mask.to(dev)
+        mask = batch.response_mask.to(dev)
+        R = batch.response_ids.shape[1]
+        exp = {"seq": seq, "attn": attn, "mask": mask, "rollout_logp": batch.logprobs.to(dev)}
+        with torch.no_grad(), learner.autocast():
+            learner.model.eval()  # no dropout: old logprobs must be those the rollout sampled from
+            old = response_logprobs(learner.model, seq, attn, R, self.update.temperature)
+            learner.model.train()
+            if learner.ref_model is not None:
+                exp["ref"] = response_logprobs(learner.ref_model, seq, attn, R, self.update.temperature)
+        gap = ((old - exp["rollout_logp"]).abs() * mask).max()
+        exp["stats"] = {"logprob_gap": float(gap)}
+        exp["old"] = exp["rollout_logp"] if self.update.use_rollout_logprobs else old
+        return exp
+
+    def _minibatches(self, learner: Learner, exp: dict, keys: list[str]) -> Iterator[list[dict]]:
+        rows = exp["seq"].shape[0]
+        R = exp["mask"].shape[1]
+        gen = torch.Generator().manual_seed(self.update.seed * 1_000_003 + learner.step)
+        n_mb = min(self.update.minibatches, rows)
+        for _ in range(self.update.epochs):
+            perm = torch.randperm(rows, generator=gen).to(exp["seq"].device)
+            for idx in perm.chunk(n_mb):
+                mb = {k: exp[k].index_select(0, idx) for k in keys}
+                counts = dict(global_tokens=float(mb["mask"].sum()), global_seqs=len(idx), max_len=R)
+                micros = split_rows({**mb, **counts}, learner.optim_cfg.micro_batch_size)
+                for m in micros:
+                    m["weight"] = m["seq"].shape[0] / len(idx)
+                yield micros
+
+    def _policy_forward(self, learner: Learner, m: dict) -> tuple[torch.Tensor, dict]:
+        R = m["mask"].shape[1]
+        logits = response_logits(learner.model, m["seq"], m["attn"], R, self.update.temperature)
+        logp = logprobs_from_logits(logits, m["seq"][:, -R:])
+        with torch.no_grad():
+            ent = masked_mean(entropy_from_logits(logits), m["mask"])
+        return logp, {"entropy": float(ent)}
+
+    @staticmethod
+    def _counts(m: dict) -> dict:
+        return {k: m[k] for k in ("global_tokens", "global_seqs", "max_len")}
+
+    @staticmethod
+    def _batch_stats(batch: RolloutBatch, exp: dict) -> dict:
+        mask = batch.response_mask
+        return {**exp["stats"], "reward_mean": float(batch.rewards.mean()),
+                "response_length": float(mask.sum(1).mean()), "rows": float(len(batch))}
+
+
+@dataclass
+class GRPOStage(_RLBase):
+    """Group-normalised advantages; optional zero-variance-group filtering with refill: groups
+    whose G rewards are all equal carry no signal, so they are dropped and kept batches are
+    buffered until `target_groups` informative groups are available (`learner.need_more` tells
+    the driver to roll out more prompts for the same step)."""
+    loss_fn: GRPOLoss = field(default_factory=GRPOLoss)
+    update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
+    filter_zero_variance: bool = False
+    target_groups: int = 0
+    """With filtering: informative groups to collect before updating (0 = the incoming batch's)."""
+    max_refills: int = 2
+    """With filtering: extra rollout rounds per step before training on what was collected."""
+    name: str = "grpo"
+    _pending: list = field(default_factory=list, repr=False)
+    _refills: int = 0
+
+    def _filter(self, learner: Learner, batch: RolloutBatch) -> RolloutBatch | None:
+        groups_in = len(torch.unique(batch.group_uid))
+        keep = (~zero_variance_groups(batch.rewards, batch.group_uid)).nonzero().squeeze(-1)
+        if len(keep):
+            self._pending.append(batch.select(keep))
+        target = self.target_groups or groups_in
+        have = sum(len(torch.unique(b.group_uid)) for b in self._pending)
+        if have < target and self._refills < self.max_refills:
+            self._refills += 1
+            learner.need_more = True
+            return None
+        self._refills = 0
+        learner.need_more = False
+        if not self._pending:
+            return None
+        merged = RolloutBatch.concat(self._pending)
+        self._pending = []
+        return merged
+
+    def updates(self, learner: Learner, batch: RolloutBatch) -> Iterator[list[dict]]:
+        learner.need_more = False
+        full = batch
+        if self.filter_zero_variance:
+            batch = self._filter(learner, batch)
+            if batch is None:
+                learner.last_stats = {"reward_mean": float(full.rewards.mean()), "skipped_groups": 1.0}
+                return
+        exp = self._experience(learner, batch)
+        uid = batch.group_uid.to(learner.device)
+        rewards = batch.rewards.to(learner.device)
+        exp["adv"] = self.loss_fn.compute_advantages(rewards, uid, exp["old"], exp.get("ref"), exp["mask"])
+        learner.last_stats = self._batch_stats(batch, exp)
+        learner.last_stats["zero_var_frac"] = float(zero_variance_groups(rewards, uid).float().mean())
+        keys = ["seq", "attn", "mask", "old", "adv"] + (["ref"] if "ref" in exp else [])
+        yield from self._minibatches(learner, exp, keys)
+
+    def loss(self, learner: Learner, m: dict):
+        logp, extra = self._policy_forward(learner, m)
+        loss, stats = self.loss_fn(logp, m["old"], m.get("ref"), m["adv"], m["mask"], **self._counts(m))
+        return loss, {**stats, **extra}
+
+
+@dataclass
+class PPOStage(_RLBase):
+    """Critic (`learner.critic`, a MiniMindScoreModel) + GAE; the KL is in the per-token reward.
+    The value of the state before response token t is read at position P-1+t."""
+    loss_fn: PPOLoss = field(default_factory=PPOLoss)
+    update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
+    name: str = "ppo"
+
+    def trainable(self, learner: Learner) -> list[nn.Module]:
+        if learner.critic is None:
+            raise ValueError("PPO needs a critic (Learner(critic=MiniMindScoreModel(...)))")
+        return [learner.model, learner.critic]
+
+    @staticmethod
+    def _values(critic: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: int) -> torch.Tensor:
+        return critic(seq, attention_mask=attn)[:, -R - 1:-1]
+
+    def updates(self, learner: Learner, batch: RolloutBatch) -> Iterator[list[dict]]:
+        if learner.ref_model is None:
+            raise ValueError("PPO needs a frozen reference model for its KL reward")
+        exp = self._experience(learner, batch)
+        R = exp["mask"].shape[1]
+        with torch.no_grad():
+            exp["old_values"] = self._values(learner.critic, exp["seq"], exp["attn"], R)
+        exp["adv"], exp["ret"] = self.loss_fn.compute_advantages(
+            batch.rewards.to(learner.device), exp["old"], exp["ref"], exp["old_values"], exp["mask"])
+        learner.last_stats = self._batch_stats(batch, exp)
+        learner.last_stats["kl"] = float(masked_mean(exp["old"] - exp["ref"], exp["mask"]))
+        yield from self._minibatches(learner, exp, ["seq", "attn", "mask", "old", "adv", "ret", "old_values"])
+
+    def loss(self, learner: Learner, m: dict):
+        logp, extra = self._policy_forward(learner, m)
+        values = self._values(learner.critic, m["seq"], m["attn"], m["mask"].shape[1])
+        loss, stats = self.loss_fn(logp, m["old"], values, m["old_values"], m["adv"], m["ret"], m["mask"],
+                                   **self._counts(m))
+        return loss, {**stats, **extra}
+
+
+@dataclass
+class SPOStage(_RLBase):
+    """Single-stream: one sample per prompt, baseline from a persistent per-prompt Beta tracker
+    (read before its update), batch-normalised advantages; the tracker is checkpointed.
+    Rewards are clipped to [0, 1] for the tracker (it models a success probability)."""
+    loss_fn: GRPOLoss = field(default_factory=GRPOLoss)  # policy loss + KL; advantages come from SPO
+    update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
+    tracker: SPOTracker = field(default_factory=SPOTracker)
+    name: str = "spo"
+
+    def state_dict(self) -> dict:
+        return {"tracker": self.tracker.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "tracker" in state:
+            self.tracker.load_state_dict(state["tracker"])
+
+    def updates(self, learner: Learner, batch: RolloutBatch) -> Iterator[list[dict]]:
+        exp = self._experience(learner, batch)
+        rewards = batch.rewards.float()
+        keys = batch.prompt_keys
+        baseline = self.tracker.baseline(keys)
+        exp["adv"] = spo_advantages(rewards, baseline).to(learner.device)
+        mean_logp = masked_mean(exp["old"], exp["mask"], dim=-1).cpu()
+        drift = self.tracker.drift(keys, mean_logp)
+        self.tracker.update(keys, rewards.clamp(0, 1), drift)
+        learner.last_stats = self._batch_stats(batch, exp)
+        learner.last_stats.update(baseline_mean=float(baseline.mean()), drift_mean=float(drift.mean()))
+        names = ["seq", "attn", "mask", "old", "adv"] + (["ref"] if "ref" in exp else [])
+        yield from self._minibatches(learner, exp, names)
+
+    def loss(self, learner: Learner, m: dict):
+        logp, extra = self._policy_forward(learner, m)
+        loss, stats = self.loss_fn(logp, m["old"], m.get("ref"), m["adv"], m["mask"], **self._counts(m))
+        return loss, {**stats, **extra}

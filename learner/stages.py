@@ -1,0 +1,146 @@
+"""Supervised stages: pretrain / SFT / LoRA (`lm`), `dpo`, `distill`, `reward_model`.
+
+Each stage splits a collated batch into micro-batches that carry the full batch's counts, so
+the learner's accumulated gradient equals the one-big-batch gradient. Losses come from
+`learner.losses` (pure functions); stages only run the forward passes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from minimind.model import last_token_values
+
+from .learner import Learner, split_rows
+from .losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
+from .losses.core import masked_sum
+
+IGNORE = -100
+
+
+def token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] log p(ids[:, t+1] | ids[:, :t+1])."""
+    logits = model(ids, attention_mask=attn).logits
+    return logprobs_from_logits(logits[:, :-1].float(), ids[:, 1:])
+
+
+class _Base:
+    name = "base"
+    max_sane_lr = 1e-2
+
+    def trainable(self, learner: Learner) -> list[nn.Module]:
+        return [learner.model]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @staticmethod
+    def _to(batch: dict, device: torch.device) -> dict:
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def _micro(self, learner: Learner, batch: dict, **globals_) -> list[dict]:
+        batch = self._to(batch, learner.device)
+        rows = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+        micros = split_rows({**batch, **globals_, "rows": rows}, learner.optim_cfg.micro_batch_size)
+        for m in micros:
+            m["weight"] = len(next(v for v in m.values() if isinstance(v, torch.Tensor))) / rows
+        return micros
+
+
+@dataclass
+class LMStage(_Base):
+    """Next-token CE on labels != -100 (pretrain: all tokens; SFT: assistant spans only).
+    LoRA is this stage on a model wrapped by `minimind.lora.apply_lora`."""
+    name: str = "lm"
+    max_sane_lr: float = 3e-3
+
+    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        yield self._micro(learner, batch, global_tokens=tokens)
+
+    def loss(self, learner: Learner, m: dict):
+        out = learner.model(m["input_ids"], attention_mask=m.get("attention_mask"))
+        loss, stats = lm_loss(out.logits[:, :-1], m["labels"][:, 1:], global_tokens=m["global_tokens"])
+        if out.aux_loss is not None and out.aux_loss.requires_grad:
+            loss = loss + out.aux_loss * m["weight"]  # MoE load balance, row-weighted like the CE
+            stats["aux_loss"] = float(out.aux_loss)
+        return loss, stats
+
+
+@dataclass
+class DPOStage(_Base):
+    """−log σ(β[(πc − πr) − (refc − refr)]) on summed response logprobs; the frozen reference
+    logprobs are computed once per batch, before the update."""
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    name: str = "dpo"
+    max_sane_lr: float = 1e-4
+
+    def _both(self, model: nn.Module, m: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        # one forward over chosen and rejected stacked: half the kernel launches
+        ids = torch.cat([m["chosen_ids"], m["rejected_ids"]])
+        attn = torch.cat([m["chosen_attention_mask"], m["rejected_attention_mask"]])
+        mask = torch.cat([m["chosen_mask"], m["rejected_mask"]])[:, 1:]
+        seq = masked_sum(token_logprobs(model, ids, attn), mask, dim=-1)
+        return seq.chunk(2)
+
+    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+        if learner.ref_model is None:
+            raise ValueError("DPO needs a frozen reference model (Learner(ref_model=...))")
+        batch = self._to(batch, learner.device)
+        with torch.no_grad(), learner.autocast():
+            batch["ref_chosen"], batch["ref_rejected"] = self._both(learner.ref_model, batch)
+        yield self._micro(learner, batch)
+
+    def loss(self, learner: Learner, m: dict):
+        pc, pr = self._both(learner.model, m)
+        loss, stats = dpo_loss(pc, pr, m["ref_chosen"], m["ref_rejected"], self.beta, self.label_smoothing)
+        return loss * m["weight"], stats  # dpo_loss is a row mean: weight by the micro's share
+
+
+@dataclass
+class DistillStage(_Base):
+    """α·CE + (1−α)·T²·KL(teacher_T ‖ student_T); the teacher is `learner.ref_model`."""
+    alpha: float = 0.5
+    temperature: float = 2.0
+    name: str = "distill"
+    max_sane_lr: float = 3e-3
+
+    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+        if learner.ref_model is None:
+            raise ValueError("distillation needs a teacher (Learner(ref_model=teacher))")
+        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
+        yield self._micro(learner, batch, global_tokens=tokens)
+
+    def loss(self, learner: Learner, m: dict):
+        with torch.no_grad():
+            teacher = learner.ref_model(m["input_ids"], attention_mask=m.get("attention_mask")).logits
+        student = learner.model(m["input_ids"], attention_mask=m.get("attention_mask")).logits
+        if teacher.shape[-1] != student.shape[-1]:
+            raise ValueError(f"teacher vocab {teacher.shape[-1]} != student vocab {student.shape[-1]}")
+        return distill_loss(student[:, :-1], teacher[:, :-1], m["labels"][:, 1:], alpha=self.alpha,
+                            temperature=self.temperature, global_tokens=m["global_tokens"])
+
+
+@dataclass
+class RewardModelStage(_Base):
+    """Bradley–Terry on the scalar head's value at the last real token (model = MiniMindScoreModel)."""
+    name: str = "reward_model"
+    max_sane_lr: float = 1e-3
+
+    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+        yield self._micro(learner, batch)
+
+    def loss(self, learner: Learner, m: dict):
+        ids = torch.cat([m["chosen_ids"], m["rejected_ids"]])
+        attn = torch.cat([m["chosen_attention_mask"], m["rejected_attention_mask"]])
+        scores = last_token_values(learner.model(ids, attention_mask=attn), attn)
+        rc, rr = scores.chunk(2)
+        loss, stats = bradley_terry_loss(rc, rr)
+        return loss * m["weight"], stats
