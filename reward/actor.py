@@ -66,8 +66,7 @@ def _load_reward_model(cfg: RewardConfig) -> RewardModelScorer:
     from minimind.checkpoint import load_score_model  # lazy: reward/ imports without it
 
     device = cfg.rm_device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_score_model(cfg.rm_path)
-    model = model.to(device)
+    model = load_score_model(cfg.rm_path, device=device).to(device).eval()
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", 0) or 0
     return RewardModelScorer(model, tokenizer_pad_id=pad_id, batch_size=cfg.rm_batch_size, device=device)
 

@@ -267,8 +267,8 @@ def test_reward_config_validation():
 def test_reward_config_loads_reward_model(monkeypatch):
     loaded = []
 
-    def load_score_model(path):
-        loaded.append(path)
+    def load_score_model(path, device="cpu"):
+        loaded.append((path, device))
         return StandInRM()
 
     fake = types.ModuleType("minimind.checkpoint")
@@ -276,11 +276,30 @@ def test_reward_config_loads_reward_model(monkeypatch):
     monkeypatch.setitem(sys.modules, "minimind.checkpoint", fake)
     w = RewardWorker(RewardConfig(math_weight=0.0, format_weight=0.0, rm_path="some/rm", rm_weight=2.0,
                                   rm_device="cpu"))
-    assert loaded == ["some/rm"]
+    assert loaded == [("some/rm", "cpu")]
     b = make_batch(RESPONSES, ANSWERS)
     out = w.score(b)
     assert out.rewards.tolist() == [2.0 * v for v in _expected_last_token(b)]
     assert "score/rm" in out.reward_info
+
+
+def test_reward_config_loads_real_checkpoint(tmp_path):
+    ckpt = pytest.importorskip("minimind.checkpoint")
+    mm = pytest.importorskip("minimind.model")
+    if not (hasattr(ckpt, "save_model") and hasattr(ckpt, "load_score_model")):
+        pytest.skip("minimind.checkpoint save_model/load_score_model not available")
+    from minimind.config import preset
+
+    torch.manual_seed(1)
+    model = mm.MiniMindScoreModel(preset("tiny", vocab_size=64)).eval()
+    torch.nn.init.normal_(model.score.weight, std=1.0)
+    ckpt.save_model(model, tmp_path / "rm")
+    b = make_batch(RESPONSES, ANSWERS, resp_lens=[6, 2, 4, 1])
+    want = RewardModelScorer(model, PAD)(b)
+    w = RewardWorker(RewardConfig(math_weight=0.0, format_weight=0.0, rm_path=str(tmp_path / "rm"), rm_weight=1.0,
+                                  rm_device="cpu"))
+    got = w.score(b).rewards
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ ray
