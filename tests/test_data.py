@@ -154,6 +154,27 @@ def test_parquet_rows_validated_with_row_index(tmp_path):
     assert len(res.records) == 1 and res.report.issues[0].startswith(f"{g}:row 1: conversations[1] unknown role")
 
 
+def test_bad_utf8_costs_one_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(b'\xef\xbb\xbf{"text": "bom ok"}\n{"text": "\xff\xfe"}\n{"text": "caf\xc3\xa9"}\n')
+    res = read_pretrain(f)
+    assert res.records == ["bom ok", "café"]
+    assert res.report.issues == [f"{f}:2: invalid UTF-8 at byte 10"]
+
+
+def test_sft_from_parquet(tok, tmp_path, caplog):
+    rows = [conv(("user", "hi"), ("assistant", "hello")), conv(("user", "hi"), ("bot", "x"))]
+    f = tmp_path / "sft.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    ds = SFTDataset(f, tok, cache_dir=tmp_path / "c")
+    assert len(ds) == 1 and ds.cache.meta["read"]["n_bad"] == 1
+    assert ds[0]["input_ids"].tolist() == tok.encode_chat(rows[0]["conversations"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        again = SFTDataset(f, tok, cache_dir=tmp_path / "c")
+    assert again.cache.hit and "1 bad record(s)" in caplog.text  # not hidden by the cache
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothere.jsonl"):
         read_pretrain(tmp_path / "nothere.jsonl")

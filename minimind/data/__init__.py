@@ -24,8 +24,10 @@ from minimind.data.readers import (
     read_math,
     read_pretrain,
 )
+from minimind.data.synthetic_math import MathProblem, generate_problems
 
 __all__ = [
+    "MathProblem", "generate_problems",
     "IGNORE_INDEX", "BatchIterator", "DPODataset", "PretrainDataset", "RLPrompt",
     "RLPromptDataset", "SFTDataset", "collate_dpo", "collate_lm", "collate_rl",
     "DataError", "DPOPair", "MathRecord", "ReadReport", "ReadResult", "gsm8k_final_answer",

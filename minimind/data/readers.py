@@ -196,18 +196,17 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
                 yield f"{p}:row {i}", row
                 i += 1
         return
-    with open(p, "r", encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
-            lineno += 1
+    # Binary mode + per-line decode: a bad byte costs one line (with its exact number),
+    # not the rest of the file.
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 BOM written by some editors
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                # Text mode cannot resync after bad bytes; the rest of the file is unreadable.
-                yield f"{p}:{lineno}", _Bad(f"invalid UTF-8 ({e.reason}); rest of file unread")
-                return
-            if not line:
-                return
+                yield f"{p}:{lineno}", _Bad(f"invalid UTF-8 at byte {e.start}")
+                continue
             if not line.strip():
                 continue
             try:
