@@ -1,0 +1,48 @@
+"""The supervised training loop shared by every supervised recipe (pretrain, SFT, LoRA, DPO,
+distillation, reward model): batches from a resumable iterator, checkpoints that hold the data
+position, exact resume, metrics and a loss-curve PNG."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from .learner import Learner
+from .metrics import MetricsLogger, plot_metrics
+
+log = logging.getLogger(__name__)
+
+
+def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
+               checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
+               on_step: Callable[[int, dict], None] | None = None,
+               plot_keys: tuple[str, ...] = ("loss", "lr", "grad_norm")) -> dict[str, float]:
+    """Run `steps` optimizer steps over `batches` (a minimind.data.BatchIterator).
+
+    Checkpoints go to `run_dir/checkpoint` (model, optimizer, schedule, RNG, data position). With
+    `resume`, training continues from that checkpoint exactly where it stopped, mid-epoch or at an
+    epoch boundary; a run stopped and resumed ends with the same weights as an uninterrupted one.
+    """
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoint"
+    if resume:
+        if not (ckpt / "trainer_state.pt").exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        extra = learner.load_checkpoint(ckpt)
+        batches.load_state_dict(extra["data"])
+        log.info("resumed from %s at step %d", ckpt, learner.step)
+    logger = MetricsLogger(run_dir, total_steps=steps, desc=learner.stage.name, enable_progress=progress)
+    stats: dict[str, float] = {}
+    try:
+        while learner.step < steps:
+            stats = learner.train_step(batches.next_batch())
+            logger.log(learner.step, **stats)
+            if on_step is not None:
+                on_step(learner.step, stats)
+            if checkpoint_every and (learner.step % checkpoint_every == 0 or learner.step == steps):
+                learner.save_checkpoint(ckpt, {"data": batches.state_dict()})
+    finally:
+        logger.close()
+    if logger.path.exists():
+        plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
+    return stats
