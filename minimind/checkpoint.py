@@ -112,6 +112,9 @@ def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str | Pa
         want = tuple(expected[EMBED_KEY].shape)
         if tuple(got.shape) != want:
             raise CheckpointError(f"{source}: tensor '{TIED_KEY}' has shape {tuple(got.shape)}, expected {want}")
+        if EMBED_KEY in sd and not torch.equal(got, sd[EMBED_KEY]):
+            raise CheckpointError(f"{source}: tensor '{TIED_KEY}' differs from '{EMBED_KEY}' but the config "
+                                  "ties them (tie_word_embeddings=True); use a config with untied embeddings")
     if tied:
         expected.pop(TIED_KEY, None)
     missing = [k for k in expected if k not in sd]

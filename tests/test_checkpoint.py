@@ -181,3 +181,13 @@ def test_pth_round_trip_and_errors(tmp_path, dense):
     (tmp_path / "trunc.pth").write_bytes((tmp_path / "full_sft_64.pth").read_bytes()[:500])
     with pytest.raises(CheckpointError, match="trunc.pth"):
         load_minimind_pth(tmp_path / "trunc.pth")
+
+
+def test_pth_untied_into_tied_config_refused(tmp_path, dense):
+    sd = dict(dense.state_dict())
+    sd["lm_head.weight"] = sd["lm_head.weight"].clone() + 1.0
+    torch.save(sd, tmp_path / "untied.pth")
+    with pytest.raises(CheckpointError, match=r"untied\.pth.*lm_head\.weight.*differs"):
+        load_minimind_pth(tmp_path / "untied.pth", dense.config)
+    m = load_minimind_pth(tmp_path / "untied.pth", num_attention_heads=4)  # inference sees it is untied
+    assert not m.config.tie_word_embeddings and torch.equal(m.lm_head.weight, sd["lm_head.weight"])
