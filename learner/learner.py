@@ -174,12 +174,13 @@ class Learner:
         log.warning("step %d: non-finite loss=%s grad_norm=%s, update skipped (%d in a row)",
                     self.step, loss, grad_norm, self.bad_steps)
         if self.bad_steps >= self.optim_cfg.max_bad_steps:
+            at = self.step  # name the step where it diverged, not the one restored below
             restored = "nothing (no checkpoint saved yet)"
             if self.last_good_ckpt is not None:
                 self.load_checkpoint(self.last_good_ckpt)
                 restored = f"the last good checkpoint {self.last_good_ckpt} (step {self.step})"
             raise TrainingDiverged(
-                f"{self.optim_cfg.max_bad_steps} consecutive non-finite steps ending at step {self.step} "
+                f"{self.optim_cfg.max_bad_steps} consecutive non-finite steps ending at step {at} "
                 f"(loss={loss}, grad_norm={grad_norm}); restored {restored}. Lower the lr or check the data.")
         return {"skipped": 1.0, "loss": loss, "grad_norm": grad_norm}
 
