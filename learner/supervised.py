@@ -36,7 +36,7 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
     try:
         while learner.step < steps:
             stats = learner.train_step(batches.next_batch())
-            logger.log(learner.step, **stats)
+            logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
             if on_step is not None:
                 on_step(learner.step, stats)
             if checkpoint_every and (learner.step % checkpoint_every == 0 or learner.step == steps):
