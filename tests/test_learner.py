@@ -22,6 +22,15 @@ from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
 V = 100
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(**kw):
     return preset("tiny", vocab_size=V, **kw)
 

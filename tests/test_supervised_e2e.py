@@ -1,0 +1,75 @@
+"""A short real run through the recipes: pretrain -> resume -> SFT (+ held-out eval), tiny preset."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from learner.metrics import read_metrics
+from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
+from minimind.checkpoint import load_model
+from minimind.tokenizer import MiniMindTokenizer
+
+COMMON = dict(preset="tiny", n_train=200, vocab_size=300, batch_size=8, seq_len=64, warmup_steps=2,
+              progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one intra-op thread is as fast, and far faster on a shared, oversubscribed CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("e2e") / "pretrain"
+    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=8, lr=3e-3, checkpoint_every=4, **COMMON))
+    return run_dir, res
+
+
+def test_pretrain_writes_everything_and_learns(pretrained):
+    run_dir, res = pretrained
+    assert res["step"] == 8
+    for f in ("metrics.jsonl", "curves.png", "config.json", "final/model.safetensors", "final/config.json",
+              "final/tokenizer.json", "checkpoint/trainer_state.pt", "tokenizer/tokenizer.json",
+              "data/pretrain.jsonl", "data/sft.jsonl"):
+        assert (run_dir / f).is_file(), f
+    losses = _losses(run_dir)
+    assert len(losses) == 8
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3
+    model = load_model(run_dir / "final")
+    assert model.config.vocab_size == MiniMindTokenizer.load(run_dir / "final").vocab_size
+
+
+def test_resume_continues_from_checkpoint(pretrained):
+    run_dir, _ = pretrained
+    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=12, lr=3e-3, checkpoint_every=4, resume=True,
+                                      **COMMON))
+    assert res["step"] == 12
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
+    assert steps == list(range(1, 13))     # 9..12 appended; 1..8 were not run again
+
+
+def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
+    pt_dir, _ = pretrained
+    sft_dir = tmp_path / "sft"
+    res = run_sft(SFTConfig(run_dir=str(sft_dir), init=str(pt_dir / "final"), steps=8, lr=3e-3,
+                            eval_n=8, max_new_tokens=12, **COMMON))
+    assert res["step"] == 8
+    for f in ("metrics.jsonl", "curves.png", "final/model.safetensors", "final/tokenizer.json", "eval.json"):
+        assert (sft_dir / f).is_file(), f
+    # the tokenizer came with the init checkpoint: none was trained here
+    assert not (sft_dir / "tokenizer").exists()
+    assert MiniMindTokenizer.load(sft_dir / "final") == MiniMindTokenizer.load(pt_dir / "final")
+    losses = _losses(sft_dir)
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    ev = json.loads((sft_dir / "eval.json").read_text())
+    assert ev["n"] == 8 and 0.0 <= ev["accuracy"] <= 1.0 and res["eval"]["accuracy"] == ev["accuracy"]
