@@ -6,19 +6,43 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import ray
+import torch
 
 from rollout.batch import RolloutBatch
+
+
+def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
+    """Phase timings and reward summaries carried by the batches (workers run in parallel, so
+    phase time is the slowest worker's)."""
+    rows = sum(len(b) for b in batches)
+    new_tokens = sum(b.meta.get("new_tokens", 0) for b in batches)
+    gen_s = max(b.meta.get("generate_seconds", 0.0) for b in batches)
+    out = {"generate_seconds": gen_s, "new_tokens": float(new_tokens),
+           "tokens_per_second": new_tokens / gen_s if gen_s > 0 else 0.0,
+           "weight_sync_seconds": max(b.meta.get("weight_sync_seconds", 0.0) for b in batches),
+           "reward_seconds": max(float(b.reward_info.get("seconds", 0.0)) for b in batches),
+           "staleness": float(max(b.meta.get("staleness", 0) for b in batches))}
+    for key in ("accuracy", "errors/total"):
+        vals = [(float(b.reward_info[key]), len(b)) for b in batches if key in b.reward_info]
+        if vals:
+            out[key] = sum(v * n for v, n in vals) / rows
+    return out
 
 
 class LearnerWorker:
     """Builds its Learner on the actor from a factory (so the model is created where it trains)."""
 
-    def __init__(self, factory: Callable[[], Any]):
+    def __init__(self, factory: Callable[[], Any], threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.learner = factory()
 
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
-        return self.learner.train_step(batch)
+        stats = self.learner.train_step(batch)
+        stats.update(rollout_stats(batches))
+        stats["version"] = self.learner.version
+        return stats
 
     def weights(self) -> dict:
         return self.learner.weights()

@@ -214,6 +214,12 @@ class SPOStage(_RLBase):
     tracker: SPOTracker = field(default_factory=SPOTracker)
     name: str = "spo"
 
+    def init_tracker(self, rewards_by_key: dict[str, list[float]]) -> int:
+        """Offline initialisation from a few samples per prompt (rewards clipped to [0, 1])."""
+        for key, rewards in rewards_by_key.items():
+            self.tracker.init_from_samples(key, [min(max(r, 0.0), 1.0) for r in rewards])
+        return len(rewards_by_key)
+
     def state_dict(self) -> dict:
         return {"tracker": self.tracker.state_dict()}
 

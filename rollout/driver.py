@@ -32,6 +32,15 @@ def summarize(batch: RolloutBatch) -> dict[str, float]:
     return info
 
 
+@ray.remote(num_cpus=0)
+def summarize_groups(batch: RolloutBatch) -> dict[str, list[float]]:
+    """{prompt key: [rewards of its samples]} of a scored batch (for SPO's offline tracker init)."""
+    out: dict[str, list[float]] = {}
+    for key, r in zip(batch.prompt_keys, batch.rewards.tolist()):
+        out.setdefault(key, []).append(r)
+    return out
+
+
 @dataclass
 class DriverConfig:
     steps: int = 40

@@ -73,7 +73,9 @@ def register_engine(name: str, factory: Callable[..., Any]) -> None:
 
 class RolloutWorker:
     def __init__(self, cfg: RolloutConfig, model_cfg: MiniMindConfig | dict, tokenizer_dir: str,
-                 device: str | None = None, worker_index: int = 0):
+                 device: str | None = None, worker_index: int = 0, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         if isinstance(model_cfg, dict):
             model_cfg = MiniMindConfig.from_dict(model_cfg)
         self.cfg = cfg

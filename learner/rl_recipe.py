@@ -1,0 +1,379 @@
+"""Math RL on Ray (GRPO / PPO / SPO): the recipe behind experiments/{grpo,ppo,spo}_math.py.
+
+    prepare      tokenizer + starting policy: --init (a checkpoint folder or a MiniMind .pth), else
+                 a small model pretrained and SFT'd on the built-in math data through the same
+                 learner (cached in <run_dir>/bootstrap, so a second run reuses it)
+    actors       LearnerActor ("learner"), RolloutActor x N ("rollout-i"), RewardActor x M ("reward-j"),
+                 fractional GPUs when CUDA is visible, CPU shares otherwise
+    driver       rollout.driver.RLDriver moves object refs; the script only sees stats
+    report       held-out exact-match accuracy before/after, metrics.jsonl, curves.png, summary table
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+
+from minimind.checkpoint import load_model, save_model
+from minimind.data import synthetic_math as sm
+from minimind.data.datasets import RLPromptDataset
+from minimind.model import MiniMindScoreModel
+from minimind.tokenizer import MiniMindTokenizer
+from reward.actor import RewardConfig
+from rollout.driver import DriverConfig
+from rollout.worker import RolloutConfig
+
+from .cli import config_to_dict
+from .config import OptimConfig
+from .learner import Learner
+from .losses import GRPOLoss, PPOLoss, SPOTracker
+from .metrics import MetricsLogger, plot_metrics
+from .recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
+from .rl_stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage
+
+log = logging.getLogger(__name__)
+
+PLOT_KEYS = ["reward_mean", "accuracy", "eval_accuracy", "kl", "entropy", "response_length",
+             "clip_frac", "tokens_per_second", "step_seconds"]
+
+
+@dataclass
+class BootstrapConfig:
+    preset: str = "demo"
+    """Model preset of the bootstrapped policy."""
+    n_train: int = 4000
+    """Built-in training problems for pretrain/SFT."""
+    pretrain_steps: int = 300
+    """Pretraining updates (batch 16 x 128 tokens)."""
+    sft_steps: int = 250
+    """SFT updates (batch 32)."""
+
+
+@dataclass
+class MathRLConfig:
+    run_dir: str = "runs/grpo_math"
+    """Output folder (metrics.jsonl, curves.png, summary.json, final/, checkpoint/, bootstrap/)."""
+    algo: Literal["grpo", "ppo", "spo"] = "grpo"
+    """RL algorithm."""
+    init: str | None = None
+    """Starting policy: a checkpoint folder or a MiniMind .pth; none = bootstrap a small model."""
+    tokenizer: str | None = None
+    """Tokenizer folder; none = the one next to --init (or the bootstrap's)."""
+    dataset: str | None = None
+    """RL prompts: GSM8K-style jsonl/parquet ({question|prompt, answer}); none = built-in math."""
+    test_dataset: str | None = None
+    """Held-out prompts in the same format; none = the built-in TEST split."""
+    n_prompts: int = 2000
+    """Built-in RL training prompts."""
+    eval_size: int = 200
+    """Held-out prompts for the before/after accuracy."""
+    rollout_workers: int = 1
+    """RolloutActor count (prompts are split across them)."""
+    reward_workers: int = 1
+    """RewardActor count."""
+    address: str | None = None
+    """Ray address: none starts a local Ray; 'auto' joins the cluster of `ray up` / `ray start`."""
+    dashboard: bool = True
+    """Start the Ray dashboard (local Ray only)."""
+    dashboard_host: str = "127.0.0.1"
+    """Dashboard bind address; 0.0.0.0 exposes it on the network (only if you mean to)."""
+    device: str = "auto"
+    """auto: cuda if visible (actors share it with fractional num_gpus), else cpu."""
+    threads: int = 0
+    """torch threads per actor on CPU (0 = all cores: rollout and learning alternate on-policy)."""
+    seed: int = 0
+    """Seed of model init, prompt order and sampling."""
+    resume: bool = False
+    """Continue from <run_dir>/checkpoint (learner, optimizer, SPO tracker, prompt position)."""
+    spo_init_samples: int = 4
+    """SPO: offline samples per prompt that initialise its Beta tracker."""
+    spo_prompts: int = 256
+    """SPO: size of the prompt pool (every prompt gets a tracker initialised offline)."""
+    progress: bool = True
+    """Show a progress bar."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=0, total_steps=40,
+                                                                    min_lr_ratio=1.0, weight_decay=0.0))
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(group_size=8, max_new_tokens=40))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=40, prompts_per_step=16))
+    update: RLUpdateConfig = field(default_factory=lambda: RLUpdateConfig(epochs=1, minibatches=2))
+    grpo: GRPOLoss = field(default_factory=lambda: GRPOLoss(kl_coef=0.01, eps_high=0.28))
+    ppo: PPOLoss = field(default_factory=PPOLoss)
+    filter_zero_variance: bool = False
+    """GRPO: drop groups whose rewards are all equal and refill the batch with new prompts."""
+
+    def __post_init__(self) -> None:
+        if self.rollout_workers < 1 or self.reward_workers < 1:
+            raise ValueError(f"rollout_workers={self.rollout_workers} and reward_workers="
+                             f"{self.reward_workers} must be >= 1")
+        # the learner must score tokens under the distribution they were sampled from
+        self.update.temperature = self.rollout.temperature
+        if self.algo == "spo":
+            self.rollout.group_size = 1
+            self.driver.prompt_sampling = "spo"
+        self.optim.total_steps = max(self.optim.total_steps, self.driver.steps * self.update.epochs *
+                                     self.update.minibatches)
+
+
+# ----------------------------------------------------------------------------- preparation
+@dataclass
+class Prepared:
+    init_dir: Path                 # a folder load_model reads (or a .pth path)
+    tokenizer_dir: Path
+    train_prompts: list[dict]      # {"prompt", "key", "answer"}
+    eval_prompts: list[dict]
+
+
+def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
+    """Pretrain then SFT a small model on the built-in math data; cached: reused when present."""
+    root = run_dir / "bootstrap"
+    sft_final = root / "sft" / "final"
+    if (sft_final / "model.safetensors").is_file():
+        log.info("reusing bootstrapped policy %s", sft_final)
+        return sft_final
+    print(f"[bootstrap] no --init: pretraining + SFT of a '{cfg.preset}' model on built-in math "
+          f"(cached in {root})")
+    run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
+                                steps=cfg.pretrain_steps, seed=seed))
+    run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
+                      steps=cfg.sft_steps, seed=seed, eval_n=0))
+    return sft_final
+
+
+def _prompts(ds: RLPromptDataset) -> list[dict]:
+    return [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in ds.items]
+
+
+def prepare(cfg: MathRLConfig) -> Prepared:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed)
+    if not init.exists():
+        raise FileNotFoundError(f"--init {init}: no such checkpoint")
+    init_folder = init if init.is_dir() else init.parent
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else init_folder
+    if not (tok_dir / "tokenizer.json").is_file() and not tok_dir.name.endswith(".json"):
+        raise FileNotFoundError(f"no tokenizer.json in {tok_dir}: pass --tokenizer")
+    if cfg.dataset:
+        train = _prompts(RLPromptDataset(cfg.dataset))
+    else:
+        train = _prompts(RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.n_prompts, cfg.seed, "train"))))
+    if cfg.test_dataset:
+        test = _prompts(RLPromptDataset(cfg.test_dataset))[: cfg.eval_size]
+    else:
+        test = _prompts(RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test"))))
+    if cfg.algo == "spo":
+        train = train[: cfg.spo_prompts]
+    return Prepared(init, tok_dir, train, test)
+
+
+# ----------------------------------------------------------------------------- learner
+def _grpo(cfg: MathRLConfig) -> GRPOStage:
+    return GRPOStage(loss_fn=cfg.grpo, update=cfg.update, filter_zero_variance=cfg.filter_zero_variance)
+
+
+def _ppo(cfg: MathRLConfig) -> PPOStage:
+    return PPOStage(loss_fn=cfg.ppo, update=cfg.update)
+
+
+def _spo(cfg: MathRLConfig) -> SPOStage:
+    return SPOStage(loss_fn=cfg.grpo, update=cfg.update, tracker=SPOTracker())
+
+
+STAGES: dict[str, Callable[[MathRLConfig], Any]] = {"grpo": _grpo, "ppo": _ppo, "spo": _spo}
+
+
+def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
+    """Runs inside the learner actor: policy, frozen reference, critic (PPO), stage."""
+    if device == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    policy = load_model(init, dtype=torch.float32)
+    ref = load_model(init, dtype=torch.float32)
+    critic = None
+    if cfg.algo == "ppo":
+        critic = MiniMindScoreModel(policy.config)
+        critic.model.load_state_dict(policy.model.state_dict())  # critic trunk starts from the policy
+    return Learner(policy, STAGES[cfg.algo](cfg), cfg.optim, ref_model=ref, critic=critic, device=device)
+
+
+# ----------------------------------------------------------------------------- Ray
+def resolve_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def init_ray(cfg: MathRLConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ctx = ray.init(address=cfg.address)
+    else:
+        ctx = ray.init(include_dashboard=cfg.dashboard, dashboard_host=cfg.dashboard_host, num_cpus=os.cpu_count())
+    if getattr(ctx, "dashboard_url", None):
+        print(f"[ray] dashboard: http://{ctx.dashboard_url}  (actors: learner, rollout-i, reward-j)")
+
+
+def placement(cfg: MathRLConfig, device: str) -> dict[str, dict]:
+    """Resource requests per actor kind. One GPU: the learner (policy + reference + critic, and
+    the optimizer state) gets half, rollout workers share 0.4, reward actors share 0.1 (only the
+    reward model needs it). CPU: small shares so every actor schedules on a 2-core machine; the
+    actors then take turns on the cores (rollout, then learning) in on-policy mode."""
+    if device.startswith("cuda"):
+        return {"learner": {"num_gpus": 0.5, "num_cpus": 1},
+                "rollout": {"num_gpus": 0.4 / cfg.rollout_workers, "num_cpus": 1},
+                "reward": {"num_gpus": 0.1 / cfg.reward_workers if cfg.reward.rm_path else 0, "num_cpus": 0.5}}
+    return {"learner": {"num_cpus": 0.5}, "rollout": {"num_cpus": 0.5 / cfg.rollout_workers},
+            "reward": {"num_cpus": 0.25 / cfg.reward_workers}}
+
+
+@dataclass
+class Actors:
+    learner: Any
+    rollouts: list
+    rewards: list
+
+
+def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> Actors:
+    from learner.actor import LearnerActor
+    from reward.actor import RewardActor
+    from rollout.worker import RolloutActor
+
+    res = placement(cfg, device)
+    model_cfg = load_model(prep.init_dir).config.to_dict()
+    threads = cfg.threads or os.cpu_count() or 1
+    learner = LearnerActor.options(name="learner", **res["learner"]).remote(
+        lambda: make_learner(cfg, prep.init_dir, device), threads=threads)
+    restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
+    rollouts = [RolloutActor.options(name=f"rollout-{i}", **res["rollout"], **restart).remote(
+        cfg.rollout, model_cfg, str(prep.tokenizer_dir), device=device, worker_index=i, threads=threads)
+        for i in range(cfg.rollout_workers)]
+    rewards = [RewardActor.options(name=f"reward-{j}", **res["reward"], **restart).remote(cfg.reward)
+               for j in range(cfg.reward_workers)]
+    return Actors(learner, rollouts, rewards)
+
+
+def init_spo_tracker(driver: Any, actors: Actors, cfg: MathRLConfig) -> None:
+    """Offline tracker init: `spo_init_samples` samples per prompt with the starting policy."""
+    import ray
+
+    from rollout.driver import summarize_groups
+
+    scored = driver._launch(driver.prompts, {"n": cfg.spo_init_samples})
+    groups = ray.get([summarize_groups.remote(r) for r in scored])
+    rewards_by_key: dict[str, list[float]] = {}
+    for g in groups:
+        for key, rs in g.items():
+            rewards_by_key.setdefault(key, []).extend(rs)
+    ray.get(actors.learner.call.remote("stage.init_tracker", rewards_by_key))
+
+
+# ----------------------------------------------------------------------------- run
+def _loggable(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k not in ("step", "time")}
+
+
+def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
+    import ray
+
+    from rollout.driver import RLDriver
+
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    prep = prepare(cfg)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    device = resolve_device(cfg.device)
+    init_ray(cfg)
+    actors = start_actors(cfg, prep, device)
+    ckpt_dir = str((run_dir / "checkpoint").resolve())
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
+                           ray_metrics=True)
+    driver = RLDriver(cfg.driver, actors.learner, actors.rollouts, actors.rewards, prep.train_prompts,
+                      prep.eval_prompts, on_step=lambda step, stats: logger.log(step, **_loggable(stats)),
+                      checkpoint_dir=ckpt_dir)
+    try:
+        if cfg.resume:
+            extra = ray.get(actors.learner.call.remote("load_checkpoint", ckpt_dir))
+            driver.load_state_dict(extra)
+            print(f"[resume] continuing at step {driver.step} from {ckpt_dir}")
+        elif cfg.algo == "spo":
+            init_spo_tracker(driver, actors, cfg)
+        t0 = time.perf_counter()
+        before = driver.evaluate(cfg.rollout.max_new_tokens)
+        eval_s = time.perf_counter() - t0
+        print(f"[eval] before {cfg.algo}: held-out accuracy {before['eval_accuracy']:.3f} "
+              f"on {len(prep.eval_prompts)} prompts ({eval_s:.1f}s)")
+        logger.log(driver.step, **{k: v for k, v in before.items()})
+        t_rl = time.perf_counter()
+        history = driver.run()
+        rl_s = time.perf_counter() - t_rl
+        after = driver.evaluate(cfg.rollout.max_new_tokens)
+        logger.log(driver.step, **after)
+        state = ray.get(actors.learner.weights.remote())
+    finally:
+        logger.close()
+        ray.shutdown()
+    policy = load_model(prep.init_dir)
+    policy.load_state_dict(state)
+    final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
+    MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
+    plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
+    summary = summarize_run(cfg, before, after, history, rl_s, time.perf_counter() - t_start)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return summary
+
+
+def summarize_run(cfg: MathRLConfig, before: dict, after: dict, history: list[dict], rl_seconds: float,
+                  wall_seconds: float) -> dict[str, Any]:
+    mean = lambda key: (sum(h.get(key, 0.0) for h in history) / len(history)) if history else 0.0  # noqa: E731
+    return {
+        "algo": cfg.algo, "steps": len(history),
+        "accuracy_before": before.get("eval_accuracy", 0.0), "accuracy_after": after.get("eval_accuracy", 0.0),
+        "reward_first": history[0].get("reward_mean", 0.0) if history else 0.0,
+        "reward_last": history[-1].get("reward_mean", 0.0) if history else 0.0,
+        "rl_seconds": round(rl_seconds, 1), "wall_seconds": round(wall_seconds, 1),
+        "seconds_per_step": round(rl_seconds / max(len(history), 1), 2),
+        "generate_seconds_per_step": round(mean("generate_seconds"), 3),
+        "learn_seconds_per_step": round(mean("learn_seconds"), 3),
+        "tokens_per_second": round(mean("tokens_per_second"), 1),
+        "run_dir": cfg.run_dir,
+    }
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    rows = [("algorithm", s["algo"]), ("RL steps", s["steps"]),
+            ("held-out accuracy before", f"{s['accuracy_before']:.3f}"),
+            ("held-out accuracy after", f"{s['accuracy_after']:.3f}"),
+            ("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
+            ("seconds per RL step", s["seconds_per_step"]),
+            ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
+            ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),
+            ("total wall time (s)", s["wall_seconds"]), ("outputs", s["run_dir"])]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n")
+
+
+def cli_main(algo: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """What experiments/<algo>_math.py main() does."""
+    from .cli import parse_config
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    defaults = {"grpo": {}, "ppo": {"run_dir": "runs/ppo_math"}, "spo": {"run_dir": "runs/spo_math"}}[algo]
+    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    pre = [f"--algo={algo}"] + [f"--{k.replace('_', '-')}={v}" for k, v in defaults.items()]
+    cfg = parse_config(MathRLConfig, pre + argv)
+    # Ctrl-C: raise KeyboardInterrupt in the driver so `finally` shuts Ray down cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return run_math_rl(cfg)
