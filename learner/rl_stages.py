@@ -101,6 +101,15 @@ class _RLBase(_Base):
         return {k: m[k] for k in ("global_tokens", "global_seqs", "max_len")}
 
     @staticmethod
+    def _stats(stats: dict, extra: dict, m: dict) -> dict:
+        """pg_loss / vf_loss of a micro-batch are its SHARE of the minibatch loss (normalised by the
+        minibatch counts), while the learner averages stats with the micro's row weight: divide
+        them by that weight so the weighted sum is the minibatch value with or without micro-batching."""
+        w = m.get("weight", 1.0)
+        out = {k: (v / w if k in ("pg_loss", "vf_loss") and w > 0 else v) for k, v in stats.items()}
+        return {**out, **extra}
+
+    @staticmethod
     def _batch_stats(batch: RolloutBatch, exp: dict) -> dict:
         mask = batch.response_mask
         return {**exp["stats"], "reward_mean": float(batch.rewards.mean()),
@@ -163,7 +172,7 @@ class GRPOStage(_RLBase):
     def loss(self, learner: Learner, m: dict):
         logp, extra = self._policy_forward(learner, m)
         loss, stats = self.loss_fn(logp, m["old"], m.get("ref"), m["adv"], m["mask"], **self._counts(m))
-        return loss, {**stats, **extra}
+        return loss, self._stats(stats, extra, m)
 
 
 @dataclass
@@ -201,7 +210,7 @@ class PPOStage(_RLBase):
         values = self._values(learner.critic, m["seq"], m["attn"], m["mask"].shape[1])
         loss, stats = self.loss_fn(logp, m["old"], values, m["old_values"], m["adv"], m["ret"], m["mask"],
                                    **self._counts(m))
-        return loss, {**stats, **extra}
+        return loss, self._stats(stats, extra, m)
 
 
 @dataclass
@@ -244,4 +253,4 @@ class SPOStage(_RLBase):
     def loss(self, learner: Learner, m: dict):
         logp, extra = self._policy_forward(learner, m)
         loss, stats = self.loss_fn(logp, m["old"], m.get("ref"), m["adv"], m["mask"], **self._counts(m))
-        return loss, {**stats, **extra}
+        return loss, self._stats(stats, extra, m)
