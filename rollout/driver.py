@@ -139,12 +139,14 @@ class RLDriver:
         cfg = self.cfg
         history = []
         pending = self._launch(self._next_prompts(cfg.prompts_per_step))
+        pending_version = self.version   # weights version the pending rollouts sample with
         while self.step < cfg.steps:
             t0 = time.perf_counter()
-            scored = pending
+            scored, scored_version = pending, pending_version
             if cfg.off_policy and self.step + 1 < cfg.steps:
                 # issued before this step's update: sampled with the previous version
                 pending = self._launch(self._next_prompts(cfg.prompts_per_step))
+                pending_version = self.version
             stats = ray.get(self.learner.train_step.remote(*scored))
             refills = 0
             while stats.get("need_more"):  # zero-variance groups were dropped: refill the batch
@@ -154,7 +156,11 @@ class RLDriver:
             self.step += 1
             if not cfg.off_policy and self.step < cfg.steps:
                 pending = self._launch(self._next_prompts(cfg.prompts_per_step))
-            stats.update(refills=refills, step_seconds=time.perf_counter() - t0, version=self.version)
+                pending_version = self.version
+            # versions between the weights that sampled this step's batch and those it trained (0 on-policy)
+            staleness = float(self.version - 1 - scored_version)
+            stats.update(refills=refills, step_seconds=time.perf_counter() - t0, version=self.version,
+                         staleness=staleness)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                 stats.update(self.evaluate())
             if cfg.checkpoint_every and self.checkpoint_dir and self.step % cfg.checkpoint_every == 0:
