@@ -82,6 +82,18 @@ def process_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return F.log_softmax(logits, dim=-1)
 
 
+def sample_from_logprobs(logp: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row [B] drawn from exp(logp) [B, V] by inverse-CDF: one uniform per row and a
+    binary search in the cumulative probabilities. Same distribution as torch.multinomial(probs, 1),
+    which draws B*V exponentials per call (~40x slower on CPU at 64 x 6400). A token of probability
+    0 (filtered to -inf) is never drawn: search `right=True` returns i with cdf[i-1] <= u < cdf[i]."""
+    cdf = logp.exp().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.rand(total.shape, generator=gen, device=logp.device, dtype=cdf.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u < total after rounding
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logp.shape[-1] - 1)
+
+
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     P = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
@@ -134,9 +146,9 @@ def generate(model: MiniMindForCausalLM, prompts: list[list[int]], params: Sampl
     for t in range(R):
         logp = process_logits(logits, params)
         if params.temperature == 0:
-            tok = logp.argmax(-1)
+            tok = logp.max(-1).indices  # = argmax (first maximum), ~3x faster on CPU
         else:
-            tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
+            tok = sample_from_logprobs(logp, gen)
         tok_lp = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1)
         live = ~done
         out_ids[rows, t] = torch.where(live, tok, torch.full_like(tok, pad_id))
