@@ -36,15 +36,26 @@ class LearnerWorker:
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.learner = factory()
+        self.published = -1   # version serial of the last weights() handed to rollouts
+        self.dirty = False    # trained since that publication
+
 
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
+        # Sampled with weights other than the current ones (off-policy, or after a refill): the
+        # rollout's own logprobs are the behaviour policy, so they become the PPO "old".
+        batch.meta["stale"] = self.dirty or any(b.policy_version != self.published for b in batches)
         stats = self.learner.train_step(batch)
+        self.dirty = self.dirty or stats.get("updates", 0) > 0
+        stats["stale"] = float(batch.meta["stale"])
         stats.update(rollout_stats(batches))
         stats["version"] = self.learner.version
         return stats
 
-    def weights(self) -> dict:
+    def weights(self, version: int | None = None) -> dict:
+        """Current policy state dict, published as `version` (the driver's serial)."""
+        if version is not None:
+            self.published, self.dirty = version, False
         return self.learner.weights()
 
     def version(self) -> int:

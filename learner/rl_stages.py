@@ -70,7 +70,8 @@ class _RLBase(_Base):
                 exp["ref"] = response_logprobs(learner.ref_model, seq, attn, R, self.update.temperature)
         gap = ((old - exp["rollout_logp"]).abs() * mask).max()
         exp["stats"] = {"logprob_gap": float(gap)}
-        exp["old"] = exp["rollout_logp"] if self.update.use_rollout_logprobs else old
+        behaviour = self.update.use_rollout_logprobs or batch.meta.get("stale", False)
+        exp["old"] = exp["rollout_logp"] if behaviour else old
         return exp
 
     def _minibatches(self, learner: Learner, exp: dict, keys: list[str]) -> Iterator[list[dict]]:

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from minimind.model import last_token_values
+from minimind.model import last_token_values, shift_labels
 
 from .learner import Learner, split_rows
 from .losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
@@ -66,7 +66,7 @@ class LMStage(_Base):
 
     def loss(self, learner: Learner, m: dict):
         out = learner.model(m["input_ids"], attention_mask=m.get("attention_mask"))
-        loss, stats = lm_loss(out.logits[:, :-1], m["labels"][:, 1:], global_tokens=m["global_tokens"])
+        loss, stats = lm_loss(out.logits, shift_labels(m["labels"]), global_tokens=m["global_tokens"])
         if out.aux_loss is not None and out.aux_loss.requires_grad:
             loss = loss + out.aux_loss * m["weight"]  # MoE load balance, row-weighted like the CE
             stats["aux_loss"] = float(out.aux_loss)
@@ -124,7 +124,7 @@ class DistillStage(_Base):
         student = learner.model(m["input_ids"], attention_mask=m.get("attention_mask")).logits
         if teacher.shape[-1] != student.shape[-1]:
             raise ValueError(f"teacher vocab {teacher.shape[-1]} != student vocab {student.shape[-1]}")
-        return distill_loss(student[:, :-1], teacher[:, :-1], m["labels"][:, 1:], alpha=self.alpha,
+        return distill_loss(student, teacher, shift_labels(m["labels"]), alpha=self.alpha,
                             temperature=self.temperature, global_tokens=m["global_tokens"])
 
 

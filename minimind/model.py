@@ -314,6 +314,14 @@ class MiniMindModel(nn.Module):
         return self.norm(x), aux
 
 
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T] labels aligned with the logits that predict them (last position ignored).
+
+    Shifting the labels instead of slicing the [B, T, V] logits avoids a full copy forward and a
+    zero-filled full-size gradient backward (1.1-1.5x per training step on CPU)."""
+    return F.pad(labels[:, 1:], (0, 1), value=-100)
+
+
 def init_weights(module: nn.Module, std: float) -> None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -342,11 +350,8 @@ class MiniMindForCausalLM(nn.Module):
         logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
         loss = None
         if labels is not None:
-            # shift the labels, not the logits: slicing [B, T, V] logits costs a full copy forward
-            # and a zero-filled full-size gradient backward (1.1-1.5x per training step on CPU)
-            shifted = F.pad(labels[:, 1:], (0, 1), value=-100)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   shifted.reshape(-1), ignore_index=-100) + aux
+                                   shift_labels(labels).reshape(-1), ignore_index=-100) + aux
         return ModelOutput(logits=logits, hidden_states=h, loss=loss, aux_loss=aux)
 
     def num_parameters(self) -> int:

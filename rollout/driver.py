@@ -1,12 +1,13 @@
 """The RL driver: wires learner, rollout and reward actors and moves only object refs.
 
-    step k:  weights_ref = learner.weights.remote()              # one put per policy version
+    step k:  weights_ref = learner.weights.remote(version)       # one put per policy version
              gen_i    = rollout_i.generate.remote(prompts_i, [weights_ref], version)
              scored_i = reward_i.score.remote(gen_i)              # refs passed, never values
              stats    = ray.get(learner.train_step.remote(*scored))  # the driver gets only stats
 
 With `off_policy`, rollouts for step k+1 are issued (with the weights of step k-1's update)
-before the learner finishes step k: generation and learning overlap, staleness is one version.
+before the learner finishes step k: generation and learning overlap, staleness is one version,
+and the learner uses the rollout's (behaviour-policy) logprobs as the PPO "old" for those batches.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class RLDriver:
         self.order: list[int] = []
         self.uid_base = 0          # uids stay unique across steps (a prompt may recur)
         self.version = 0           # serial of the weights ref the rollouts sample with
-        self.weights_ref = learner.weights.remote()
+        self.weights_ref = learner.weights.remote(self.version)
         self.step = 0
 
     # ------------------------------------------------------------------ prompt sampling
@@ -117,8 +118,8 @@ class RLDriver:
         return scored
 
     def _sync_weights(self) -> None:
-        self.weights_ref = self.learner.weights.remote()
         self.version += 1
+        self.weights_ref = self.learner.weights.remote(self.version)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, max_new_tokens: int | None = None) -> dict[str, float]:

@@ -141,6 +141,8 @@ def test_off_policy_runs_and_reports_staleness(actors):
     # step 0 samples with the current weights; later steps were generated while the previous update ran
     assert [s["staleness"] for s in history] == [0.0, 1.0, 1.0]
     assert history[0]["logprob_gap"] < 1e-5 and history[1]["logprob_gap"] > 1e-5
+    # stale batches are trained against the behaviour policy's logprobs, fresh ones recomputed
+    assert [s["stale"] for s in history] == [0.0, 1.0, 1.0]
 
 
 def test_killed_rollout_worker_is_restarted_and_the_run_completes(actors):
