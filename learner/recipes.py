@@ -126,7 +126,7 @@ class _EvalConfig:
 class PretrainConfig(RecipeConfig):
     """Pretrain a MiniMind model from scratch (next-token prediction on packed text)."""
     run_dir: str = "runs/pretrain"
-    steps: int = 150
+    steps: int = 300
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 2e-3
@@ -140,8 +140,10 @@ class SFTConfig(RecipeConfig, _EvalConfig):
     run_dir: str = "runs/sft"
     init: str = "runs/pretrain/final"
     """Starting model: a save_model folder (e.g. the pretrain output) or a MiniMind .pth."""
-    steps: int = 200
-    lr: float = 1e-3
+    # measured on the demo preset: 200 steps at 1e-3 -> 3.5% held-out, 1200 at 2e-3 -> 65.5%
+    # (the model learns to copy operands, then arithmetic, only after ~800 updates)
+    steps: int = 1200
+    lr: float = 2e-3
 
 
 @dataclass

@@ -40,7 +40,8 @@ from .rl_stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage
 
 log = logging.getLogger(__name__)
 
-PLOT_KEYS = ["reward_mean", "accuracy", "eval_accuracy", "kl", "entropy", "response_length",
+RL_PROMPT_SEED_OFFSET = 10_000
+PLOT_KEYS = ["reward_mean", "accuracy", "eval_accuracy", "eval_sampled_accuracy", "kl", "entropy", "response_length",
              "clip_frac", "tokens_per_second", "step_seconds"]
 
 
@@ -52,8 +53,10 @@ class BootstrapConfig:
     """Built-in training problems for pretrain/SFT."""
     pretrain_steps: int = 300
     """Pretraining updates (batch 16 x 128 tokens)."""
-    sft_steps: int = 250
+    sft_steps: int = 1200
     """SFT updates (batch 32)."""
+    sft_lr: float = 2e-3
+    """SFT peak learning rate."""
 
 
 @dataclass
@@ -74,6 +77,9 @@ class MathRLConfig:
     """Built-in RL training prompts."""
     eval_size: int = 200
     """Held-out prompts for the before/after accuracy."""
+    eval_samples: int = 4
+    """Also measure the policy's own accuracy: this many samples per held-out prompt at the
+    rollout temperature (0 = greedy accuracy only)."""
     rollout_workers: int = 1
     """RolloutActor count (prompts are split across them)."""
     reward_workers: int = 1
@@ -85,7 +91,13 @@ class MathRLConfig:
     dashboard_host: str = "127.0.0.1"
     """Dashboard bind address; 0.0.0.0 exposes it on the network (only if you mean to)."""
     device: str = "auto"
-    """auto: cuda if visible (actors share it with fractional num_gpus), else cpu."""
+    """auto: cuda if visible here or the Ray cluster has GPUs (actors share one GPU with fractional
+    num_gpus), else cpu."""
+    learner_resources: dict = field(default_factory=dict)
+    """Custom Ray resources the learner actor requires, e.g. '{"head_node": 0.1}' (pins it to nodes
+    started with --resources='{"head_node": 1}')."""
+    rollout_resources: dict = field(default_factory=dict)
+    """Custom Ray resources each rollout actor requires, e.g. '{"worker_node": 0.1}'."""
     threads: int = 0
     """torch threads per actor on CPU (0 = all cores: rollout and learning alternate on-policy)."""
     seed: int = 0
@@ -144,7 +156,7 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
     run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
                                 steps=cfg.pretrain_steps, seed=seed))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
-                      steps=cfg.sft_steps, seed=seed, eval_n=0))
+                      steps=cfg.sft_steps, lr=cfg.sft_lr, seed=seed, eval_n=0))
     return sft_final
 
 
@@ -165,7 +177,10 @@ def prepare(cfg: MathRLConfig) -> Prepared:
     if cfg.dataset:
         train = _prompts(RLPromptDataset(cfg.dataset))
     else:
-        train = _prompts(RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.n_prompts, cfg.seed, "train"))))
+        # a different seed than the bootstrap's SFT data: RL should see problems SFT did not
+        # memorise (still the train split, so the held-out test split stays disjoint)
+        problems = sm.generate_problems(cfg.n_prompts, cfg.seed + RL_PROMPT_SEED_OFFSET, "train")
+        train = _prompts(RLPromptDataset(sm.rl_records(problems)))
     if cfg.test_dataset:
         test = _prompts(RLPromptDataset(cfg.test_dataset))[: cfg.eval_size]
     else:
@@ -207,7 +222,17 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
 
 # ----------------------------------------------------------------------------- Ray
 def resolve_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """auto: cuda when this process sees a GPU, or (a driver on a CPU head node) when the Ray
+    cluster it joined has GPUs; else cpu."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0:
+        return "cuda"
+    return "cpu"
 
 
 def init_ray(cfg: MathRLConfig) -> None:
@@ -255,15 +280,37 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> Actors:
     res = placement(cfg, device)
     model_cfg = load_model(prep.init_dir).config.to_dict()
     threads = cfg.threads or os.cpu_count() or 1
-    learner = LearnerActor.options(name="learner", **res["learner"]).remote(
+    custom = lambda r: {"resources": dict(r)} if r else {}  # noqa: E731  (pin to nodes by custom resource)
+    learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
         lambda: make_learner(cfg, prep.init_dir, device), threads=threads)
     restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
-    rollouts = [RolloutActor.options(name=f"rollout-{i}", **res["rollout"], **restart).remote(
+    rollouts = [RolloutActor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
+                                     **restart).remote(
         cfg.rollout, model_cfg, str(prep.tokenizer_dir), device=device, worker_index=i, threads=threads)
         for i in range(cfg.rollout_workers)]
     rewards = [RewardActor.options(name=f"reward-{j}", **res["reward"], **restart).remote(cfg.reward)
                for j in range(cfg.reward_workers)]
     return Actors(learner, rollouts, rewards)
+
+
+def print_placement(actors: Actors) -> None:
+    """On a multi-node cluster: which node each actor runs on (id prefix, IP, custom resources)."""
+    import ray
+
+    nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+    if len(nodes) < 2:
+        return
+    std = ("CPU", "GPU", "memory", "object_store_memory")
+    where = lambda a: ray.get(a.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))  # noqa: E731
+    named = [("learner", actors.learner)] + [(f"rollout-{i}", a) for i, a in enumerate(actors.rollouts)] + \
+        [(f"reward-{j}", a) for j, a in enumerate(actors.rewards)]
+    parts = []
+    for name, actor in named:
+        nid = where(actor)
+        node = nodes.get(nid, {})
+        extra = sorted(k for k in node.get("Resources", {}) if k not in std and not k.startswith(("node:", "accelerator")))
+        parts.append(f"{name}={nid[:12]}@{node.get('NodeManagerAddress', '?')}({','.join(extra)})")
+    print(f"[ray] {len(nodes)} nodes; placement: " + " ".join(parts), flush=True)
 
 
 def init_spo_tracker(driver: Any, actors: Actors, cfg: MathRLConfig) -> None:
@@ -295,9 +342,10 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     prep = prepare(cfg)
     (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    device = resolve_device(cfg.device)
     init_ray(cfg)
+    device = resolve_device(cfg.device)
     actors = start_actors(cfg, prep, device)
+    print_placement(actors)
     ckpt_dir = str((run_dir / "checkpoint").resolve())
     if not cfg.resume and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
@@ -314,15 +362,16 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
         elif cfg.algo == "spo":
             init_spo_tracker(driver, actors, cfg)
         t0 = time.perf_counter()
-        before = driver.evaluate(cfg.rollout.max_new_tokens)
+        before = driver.evaluate(cfg.rollout.max_new_tokens, cfg.eval_samples)
         eval_s = time.perf_counter() - t0
-        print(f"[eval] before {cfg.algo}: held-out accuracy {before['eval_accuracy']:.3f} "
-              f"on {len(prep.eval_prompts)} prompts ({eval_s:.1f}s)")
+        print(f"[eval] before {cfg.algo}: held-out accuracy greedy {before['eval_accuracy']:.3f}"
+              + (f", sampled {before['eval_sampled_accuracy']:.3f}" if cfg.eval_samples else "")
+              + f" on {len(prep.eval_prompts)} prompts ({eval_s:.1f}s)")
         logger.log(driver.step, **{k: v for k, v in before.items()})
         t_rl = time.perf_counter()
         history = driver.run()
         rl_s = time.perf_counter() - t_rl
-        after = driver.evaluate(cfg.rollout.max_new_tokens)
+        after = driver.evaluate(cfg.rollout.max_new_tokens, cfg.eval_samples)
         logger.log(driver.step, **after)
         state = ray.get(actors.learner.weights.remote())
     finally:
@@ -345,6 +394,8 @@ def summarize_run(cfg: MathRLConfig, before: dict, after: dict, history: list[di
     return {
         "algo": cfg.algo, "steps": len(history),
         "accuracy_before": before.get("eval_accuracy", 0.0), "accuracy_after": after.get("eval_accuracy", 0.0),
+        "sampled_accuracy_before": before.get("eval_sampled_accuracy"),
+        "sampled_accuracy_after": after.get("eval_sampled_accuracy"),
         "reward_first": history[0].get("reward_mean", 0.0) if history else 0.0,
         "reward_last": history[-1].get("reward_mean", 0.0) if history else 0.0,
         "rl_seconds": round(rl_seconds, 1), "wall_seconds": round(wall_seconds, 1),
@@ -358,13 +409,15 @@ def summarize_run(cfg: MathRLConfig, before: dict, after: dict, history: list[di
 
 def print_summary(s: dict[str, Any]) -> None:
     rows = [("algorithm", s["algo"]), ("RL steps", s["steps"]),
-            ("held-out accuracy before", f"{s['accuracy_before']:.3f}"),
-            ("held-out accuracy after", f"{s['accuracy_after']:.3f}"),
-            ("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
-            ("seconds per RL step", s["seconds_per_step"]),
-            ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
-            ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),
-            ("total wall time (s)", s["wall_seconds"]), ("outputs", s["run_dir"])]
+            ("held-out accuracy, greedy", f"{s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}")]
+    if s.get("sampled_accuracy_before") is not None:
+        rows.append(("held-out accuracy, sampled (policy)",
+                     f"{s['sampled_accuracy_before']:.3f} -> {s['sampled_accuracy_after']:.3f}"))
+    rows += [("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
+             ("seconds per RL step", s["seconds_per_step"]),
+             ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
+             ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),
+             ("total wall time (s)", s["wall_seconds"]), ("outputs", s["run_dir"])]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n")
 

@@ -122,18 +122,27 @@ class RLDriver:
         self.weights_ref = self.learner.weights.remote(self.version)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, max_new_tokens: int | None = None) -> dict[str, float]:
-        """Greedy exact-match accuracy on the held-out prompts (one sample each)."""
+    def evaluate(self, max_new_tokens: int | None = None, samples: int = 0) -> dict[str, float]:
+        """Exact-match accuracy on the held-out prompts: greedy (one answer each) and, with
+        `samples` > 0, of the policy itself (that many samples each at the rollout temperature,
+        the distribution RL optimises)."""
         if not self.eval_prompts:
             return {}
-        sampling = {"n": 1, "temperature": 0.0}
-        if max_new_tokens:
-            sampling["max_new_tokens"] = max_new_tokens
-        stats = ray.get([summarize.remote(r) for r in self._launch(self.eval_prompts, sampling)])
-        rows = sum(s["rows"] for s in stats)
-        mean = lambda key: sum(s.get(key, 0.0) * s["rows"] for s in stats) / rows  # noqa: E731
-        return {"eval_accuracy": mean("accuracy"), "eval_reward": mean("reward_mean"),
-                "eval_response_length": mean("response_length")}
+        modes = {"eval": {"n": 1, "temperature": 0.0}}
+        if samples:
+            modes["eval_sampled"] = {"n": samples}
+        refs = {}
+        for name, sampling in modes.items():
+            if max_new_tokens:
+                sampling["max_new_tokens"] = max_new_tokens
+            refs[name] = [summarize.remote(r) for r in self._launch(self.eval_prompts, sampling)]
+        out = {}
+        for name, stats in ((n, ray.get(r)) for n, r in refs.items()):
+            rows = sum(s["rows"] for s in stats)
+            mean = lambda key: sum(s.get(key, 0.0) * s["rows"] for s in stats) / rows  # noqa: E731
+            out.update({f"{name}_accuracy": mean("accuracy"), f"{name}_reward": mean("reward_mean"),
+                        f"{name}_response_length": mean("response_length")})
+        return out
 
     # ------------------------------------------------------------------ training
     def run(self) -> list[dict]:

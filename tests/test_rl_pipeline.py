@@ -129,6 +129,8 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     w1 = _weights(actors)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert set(ev) == {"eval_accuracy", "eval_reward", "eval_response_length"} and ev["eval_response_length"] > 0
+    ev = drv.evaluate(samples=2)
+    assert {"eval_accuracy", "eval_sampled_accuracy", "eval_sampled_response_length"} <= set(ev)
 
 
 def test_off_policy_runs_and_reports_staleness(actors):
