@@ -8,6 +8,7 @@ from typing import Any, Callable
 import ray
 import torch
 
+from rollout.alloc import tune_malloc
 from rollout.batch import RolloutBatch
 
 
@@ -33,6 +34,7 @@ class LearnerWorker:
     """Builds its Learner on the actor from a factory (so the model is created where it trains)."""
 
     def __init__(self, factory: Callable[[], Any], threads: int = 0):
+        tune_malloc()  # reuse freed [B, R, V] buffers instead of mmap/munmap per step (rollout/alloc.py)
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.learner = factory()

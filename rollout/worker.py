@@ -20,6 +20,7 @@ from minimind.generate import SamplingParams, generate
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import MiniMindTokenizer
 
+from .alloc import tune_malloc
 from .batch import RolloutBatch
 
 
@@ -74,6 +75,7 @@ def register_engine(name: str, factory: Callable[..., Any]) -> None:
 class RolloutWorker:
     def __init__(self, cfg: RolloutConfig, model_cfg: MiniMindConfig | dict, tokenizer_dir: str,
                  device: str | None = None, worker_index: int = 0, threads: int = 0):
+        tune_malloc()  # reuse freed logits/KV buffers instead of mmap/munmap per call (rollout/alloc.py)
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         if isinstance(model_cfg, dict):
