@@ -21,8 +21,7 @@ def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
     out = {"generate_seconds": gen_s, "new_tokens": float(new_tokens),
            "tokens_per_second": new_tokens / gen_s if gen_s > 0 else 0.0,
            "weight_sync_seconds": max(b.meta.get("weight_sync_seconds", 0.0) for b in batches),
-           "reward_seconds": max(float(b.reward_info.get("seconds", 0.0)) for b in batches),
-           "staleness": float(max(b.meta.get("staleness", 0) for b in batches))}
+           "reward_seconds": max(float(b.reward_info.get("seconds", 0.0)) for b in batches)}
     for key in ("accuracy", "errors/total"):
         vals = [(float(b.reward_info[key]), len(b)) for b in batches if key in b.reward_info]
         if vals:
