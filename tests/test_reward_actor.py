@@ -303,19 +303,7 @@ def test_reward_config_loads_real_checkpoint(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ ray
-@pytest.fixture(scope="session")
-def reward_ray():
-    """A local Ray for this session; left alone if someone else already started one."""
-    started = False
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        started = True
-    yield
-    if started and ray.is_initialized():
-        ray.shutdown()
-
-
-def test_reward_actor_through_ray(reward_ray):
+def test_reward_actor_through_ray(ray_local):
     actor = RewardActor.options(num_cpus=0.5).remote(
         RewardConfig(format_weight=0.1, timeout_s=5.0, fallback_reward=-1.0))
     try:
@@ -334,7 +322,7 @@ def test_reward_actor_through_ray(reward_ray):
         ray.kill(actor)
 
 
-def test_reward_actor_custom_components_report_errors(reward_ray):
+def test_reward_actor_custom_components_report_errors(ray_local):
     # Flaky lives in this test module, which Ray workers cannot import: ship it by value
     this = sys.modules[__name__]
     ray.cloudpickle.register_pickle_by_value(this)
