@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,7 +22,8 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from minimind.checkpoint import load_model, save_model
+from minimind.checkpoint import load_model, read_checkpoint_config, save_model
+from minimind.config import MiniMindConfig
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
@@ -213,7 +215,7 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     policy = load_model(init, dtype=torch.float32)
-    ref = load_model(init, dtype=torch.float32)
+    ref = copy.deepcopy(policy)  # same weights: no second read and parse of the checkpoint
     critic = None
     if cfg.algo == "ppo":
         critic = MiniMindScoreModel(policy.config)
@@ -273,13 +275,21 @@ class Actors:
     rewards: list
 
 
+def policy_config(init: Path) -> MiniMindConfig:
+    """The policy's config without loading its weights in the driver when a config.json says it
+    (a bare MiniMind .pth has none: its config is inferred from the tensors, which needs them)."""
+    if init.is_dir() or (init.suffix == ".safetensors" and (init.parent / "config.json").is_file()):
+        return read_checkpoint_config(init)[0]
+    return load_model(init).config
+
+
 def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> Actors:
     from learner.actor import LearnerActor
     from reward.actor import RewardActor
     from rollout.worker import RolloutActor
 
     res = placement(cfg, device)
-    model_cfg = load_model(prep.init_dir).config.to_dict()
+    model_cfg = policy_config(prep.init_dir).to_dict()
     threads = cfg.threads or os.cpu_count() or 1
     custom = lambda r: {"resources": dict(r)} if r else {}  # noqa: E731  (pin to nodes by custom resource)
     learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
