@@ -310,7 +310,9 @@ def _coerce_json(value: Any, tp: Any, where: str) -> Any:
 
 
 def _build(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any],
-           prefix: tuple[str, ...]) -> Any:
+           prefix: tuple[str, ...], base: Any = None) -> Any:
+    """An instance of `cls` from flags > file > `base` (the enclosing field's default instance,
+    so `--driver.steps` keeps the other values a `default_factory` chose) > class defaults."""
     known = {f.name for f, _ in _init_fields(cls)}
     unknown = sorted(set(file_values) - known)
     if unknown:
@@ -329,13 +331,19 @@ def _build(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any],
             if not isinstance(fv, dict):
                 raise ValueError(f"--config: {dest} must be a JSON object")
             touched = fv or any(k.startswith(dest + ".") for k in cli_values)
-            if touched or _default_of(f) is _MISSING:
-                kwargs[f.name] = _build(sub, fv, cli_values, path)
+            default = getattr(base, f.name) if base is not None else _default_of(f)
+            if touched or default is _MISSING:
+                inner = default if isinstance(default, sub) else None
+                kwargs[f.name] = _build(sub, fv, cli_values, path, inner)
+            elif base is not None:
+                kwargs[f.name] = default
             continue
         if dest in cli_values:
             kwargs[f.name] = cli_values[dest]
         elif f.name in file_values:
             kwargs[f.name] = _coerce_json(file_values[f.name], tp, f"--config: {dest}")
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
         elif _default_of(f) is _MISSING:
             raise ValueError(f"missing required argument --{'.'.join(prefix + (f.name.replace('_', '-'),))}")
     return cls(**kwargs)

@@ -71,6 +71,36 @@ def test_every_type_and_nested_fields():
     assert cfg.optim.schedule == "linear" and cfg.optim.warmup_steps == 5
 
 
+@dataclass
+class RecipeCfg:
+    # the recipe's own choice for a nested section differs from that section's class defaults
+    optim: OptimCfg = field(default_factory=lambda: OptimCfg(lr=5e-5, warmup_steps=0))
+    inner: TrainCfg = field(default_factory=lambda: TrainCfg(steps=3, optim=OptimCfg(lr=2e-2)))
+
+
+def test_one_nested_flag_keeps_the_recipe_defaults_of_its_section(tmp_path):
+    cfg = parse_config(RecipeCfg, ["--optim.schedule", "linear", "--inner.group-size", "4"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule) == (5e-5, 0, "linear")
+    assert (cfg.inner.steps, cfg.inner.group_size, cfg.inner.optim.lr) == (3, 4, 2e-2)
+    cfg = parse_config(RecipeCfg, ["--inner.optim.warmup-steps", "7"])
+    assert (cfg.inner.steps, cfg.inner.optim.lr, cfg.inner.optim.warmup_steps) == (3, 2e-2, 7)
+    (tmp_path / "c.json").write_text(json.dumps({"optim": {"lr": 1e-4}}))
+    cfg = parse_config(RecipeCfg, ["--config", str(tmp_path / "c.json")])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps) == (1e-4, 0)
+    assert parse_config(RecipeCfg, []) == RecipeCfg()
+
+
+def test_math_rl_flags_keep_the_recipe_defaults():
+    from learner.rl_recipe import MathRLConfig
+
+    default = MathRLConfig()
+    cfg = parse_config(MathRLConfig, ["--driver.prompts-per-step", "64", "--rollout.group-size", "4",
+                                      "--grpo.kl-coef", "0.05", "--optim.lr", "5e-5"])
+    assert (cfg.driver.steps, cfg.rollout.max_new_tokens, cfg.grpo.eps_high, cfg.optim.weight_decay) == (
+        default.driver.steps, default.rollout.max_new_tokens, default.grpo.eps_high, default.optim.weight_decay)
+    assert (cfg.driver.prompts_per_step, cfg.rollout.group_size, cfg.grpo.kl_coef, cfg.optim.lr) == (64, 4, 0.05, 5e-5)
+
+
 @pytest.mark.parametrize("argv, use_kl, bf16", [
     (["--bf16"], True, True),
     (["--no-use-kl"], False, False),
