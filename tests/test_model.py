@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from minimind.config import ConfigError, MiniMindConfig, preset
-from minimind.model import (KVCache, MiniMindForCausalLM, MiniMindScoreModel, MoEFeedForward, last_token_values,
-                            rope_inv_freq)
+from minimind.model import (KVCache, MiniMindForCausalLM, MiniMindScoreModel, MoEFeedForward, RMSNorm,
+                            attention_plan, build_attn_mask, decode_attention, last_token_values, rope_inv_freq)
 
 TINY = ["tiny", "tiny-qk", "tiny-moe"]
 
@@ -150,6 +150,53 @@ def test_kv_cache_left_padded(name):
     got = torch.cat(step, 1)
     real = mask.bool()
     torch.testing.assert_close(got[real], full[real], atol=1e-5, rtol=0)
+
+
+def test_unpadded_batches_take_the_maskless_path_with_the_same_logits():
+    ones = torch.ones(2, 10, dtype=torch.long)
+    assert attention_plan(ones, 2, 0, 10, "cpu") == (None, True)        # full sequence: causal kernel
+    assert attention_plan(ones, 2, 9, 1, "cpu") == (None, False)        # one decode query sees all keys
+    mask, causal = attention_plan(ones, 2, 6, 4, "cpu")                  # chunk after a cache: explicit
+    assert not causal and torch.equal(mask, build_attn_mask(ones, 4))
+    padded = ones.clone()
+    padded[1, :3] = 0
+    mask, causal = attention_plan(padded, 2, 0, 10, "cpu")
+    assert not causal and torch.equal(mask, build_attn_mask(padded, 10))
+
+    m = _model("tiny-qk")
+    ids = _ids(2, 10, seed=7)
+    with torch.no_grad():
+        fast = m(ids, attention_mask=ones).logits
+        # row 0 of a batch whose other row is padded goes through the explicit-mask path
+        masked = m(ids, attention_mask=padded).logits
+        cache = KVCache(m.config, 2, 10, device="cpu", dtype=torch.float32)
+        chunks = [m(ids[:, :6], attention_mask=ones[:, :6], cache=cache).logits,
+                  m(ids[:, 6:], attention_mask=ones, cache=cache).logits]
+    torch.testing.assert_close(fast[0], masked[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.cat(chunks, 1), fast, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("heads,kv", [(8, 2), (4, 4), (6, 1)])
+def test_decode_attention_equals_sdpa(heads, kv):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(5, heads, 1, 16, generator=g)
+    k, v = torch.randn(5, kv, 11, 16, generator=g), torch.randn(5, kv, 11, 16, generator=g)
+    mask = torch.rand(5, 1, 1, 11, generator=g) > 0.3
+    mask[..., -1] = True  # the query's own key
+    for m in (mask, None):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=kv != heads)
+        torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
+
+
+def test_rmsnorm_fused_path_equals_the_explicit_one():
+    norm = RMSNorm(24, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 7, 24) * 4
+    xf = x.double()
+    want = (norm.weight.double() * xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).float()
+    torch.testing.assert_close(norm(x), want, atol=1e-6, rtol=1e-6)                  # fp32: fused kernel
+    torch.testing.assert_close(norm.to(torch.bfloat16)(x.bfloat16()).float(), want, atol=0.05, rtol=0.02)
 
 
 # ----------------------------------------------------------------------------- YaRN
