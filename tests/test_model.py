@@ -123,12 +123,13 @@ def test_labels_loss_is_shifted_ce(name):
 
 # ----------------------------------------------------------------------------- KV cache
 @pytest.mark.parametrize("name", TINY)
-def test_kv_cache_incremental_equals_full(name):
+@pytest.mark.parametrize("batch", [2, 32])  # 32 rows x 4 heads x 16 dims: the decode_attention path
+def test_kv_cache_incremental_equals_full(name, batch):
     m = _model(name)
-    ids = _ids(2, 14, seed=4)
+    ids = _ids(batch, 14, seed=4)
     with torch.no_grad():
         full = m(ids).logits
-        cache = KVCache(m.config, 2, 16, device="cpu", dtype=torch.float32)
+        cache = KVCache(m.config, batch, 16, device="cpu", dtype=torch.float32)
         step = [m(ids[:, :6], cache=cache).logits]
         for t in range(6, 14):
             step.append(m(ids[:, t:t + 1], cache=cache).logits)
@@ -136,14 +137,15 @@ def test_kv_cache_incremental_equals_full(name):
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-qk"])
-def test_kv_cache_left_padded(name):
+@pytest.mark.parametrize("batch", [2, 32])
+def test_kv_cache_left_padded(name, batch):
     m = _model(name)
-    ids = _ids(2, 12, seed=5)
+    ids = _ids(batch, 12, seed=5)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
     with torch.no_grad():
         full = m(ids, attention_mask=mask).logits
-        cache = KVCache(m.config, 2, 12, device="cpu", dtype=torch.float32)
+        cache = KVCache(m.config, batch, 12, device="cpu", dtype=torch.float32)
         step = [m(ids[:, :7], attention_mask=mask[:, :7], cache=cache).logits]
         for t in range(7, 12):
             step.append(m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits)
