@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -155,10 +155,22 @@ class Prepared:
 
 
 def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
-    """Pretrain then SFT a small model on the built-in math data; cached: reused when present."""
+    """Pretrain then SFT a small model on the built-in math data; cached: reused when present and
+    made with the same settings (recorded in bootstrap/settings.json), an error otherwise."""
     root = run_dir / "bootstrap"
     sft_final = root / "sft" / "final"
+    record = root / "settings.json"
+    wanted = {**asdict(cfg), "seed": seed}
     if (sft_final / "model.safetensors").is_file():
+        made = json.loads(record.read_text()) if record.is_file() else None
+        if made != wanted:
+            what = ("has no record of its settings (an older version made it)" if made is None else
+                    "was made with " + ", ".join(f"{k}={made.get(k)!r}" for k in wanted if made.get(k) != wanted[k])
+                    + " but this run asks for " + ", ".join(f"{k}={v!r}" for k, v in wanted.items()
+                                                           if made.get(k) != v))
+            raise BootstrapMismatch(
+                f"{root} {what}. Delete {root} to rebuild it, use another --run-dir, or start from it "
+                f"anyway with --init {sft_final}")
         log.info("reusing bootstrapped policy %s", sft_final)
         return sft_final
     print(f"[bootstrap] no --init: pretraining + SFT of a '{cfg.preset}' model on built-in math "
@@ -167,7 +179,12 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
                                 steps=cfg.pretrain_steps, seed=seed))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
                       steps=cfg.sft_steps, lr=cfg.sft_lr, seed=seed, eval_n=0))
+    record.write_text(json.dumps(wanted, indent=2))
     return sft_final
+
+
+class BootstrapMismatch(ValueError):
+    """A cached bootstrap made with other settings than the ones asked for."""
 
 
 def _prompts(ds: RLPromptDataset) -> list[dict]:
@@ -457,4 +474,7 @@ def cli_main(algo: str, argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse_config(MathRLConfig, pre + argv)
     # Ctrl-C: raise KeyboardInterrupt in the driver so `finally` shuts Ray down cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    return run_math_rl(cfg)
+    try:
+        return run_math_rl(cfg)
+    except BootstrapMismatch as e:  # a message to act on, not a traceback
+        raise SystemExit(f"error: {e}") from None

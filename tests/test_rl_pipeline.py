@@ -204,3 +204,22 @@ def test_grpo_math_end_to_end_and_resume(ray_local, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_steps = sorted({r["step"] for r in rows if "reward_mean" in r})
     assert train_steps == [1, 2, 3], rows
+
+
+def test_bootstrap_cache_is_reused_only_with_the_same_settings(tmp_path):
+    from learner.rl_recipe import BootstrapConfig, BootstrapMismatch, bootstrap_policy
+
+    final = tmp_path / "bootstrap" / "sft" / "final"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"")  # only its presence is looked at
+    cfg = BootstrapConfig()
+    with pytest.raises(BootstrapMismatch, match="no record of its settings"):
+        bootstrap_policy(tmp_path, cfg, seed=0)                     # made by an older version
+    record = tmp_path / "bootstrap" / "settings.json"
+    record.write_text(json.dumps({**BootstrapConfig(sft_steps=1200).__dict__, "seed": 0}))
+    with pytest.raises(BootstrapMismatch, match=r"sft_steps=1200 but this run asks for sft_steps=2000") as e:
+        bootstrap_policy(tmp_path, cfg, seed=0)
+    assert f"--init {final}" in str(e.value)
+    with pytest.raises(BootstrapMismatch, match="seed=0 but this run asks for seed=1"):
+        bootstrap_policy(tmp_path, BootstrapConfig(sft_steps=1200), seed=1)
+    assert bootstrap_policy(tmp_path, BootstrapConfig(sft_steps=1200), seed=0) == final
