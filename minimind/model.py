@@ -305,7 +305,7 @@ def attention_plan(attention_mask: torch.Tensor | None, batch: int, past: int, q
 
     Without padding no mask tensor is built: a full sequence is plain causal and a single decode
     query sees every cached key. SDPA then takes its fused causal kernel instead of the masked
-    path (1.1-1.3x per training step on CPU at seq 256, the path transformers takes too)."""
+    path, as transformers does (with fused RMSNorm and AdamW: bench/train.py 1.016x -> 1.089x)."""
     if attention_mask is None or bool(attention_mask.all()):
         if past == 0:
             return None, True
