@@ -53,7 +53,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from bench.common import PeakRSS, base_parser, emit, environment, log, max_rss_mb, median, setup  # noqa: E402
-from minimind.checkpoint import export_hf, load_model, save_model  # noqa: E402
+from minimind.checkpoint import export_hf, save_model  # noqa: E402
 from minimind.config import preset  # noqa: E402
 from minimind.data import synthetic_math as sm  # noqa: E402
 from minimind.data.datasets import RLPromptDataset  # noqa: E402
@@ -136,7 +136,7 @@ class Ours:
         from learner.actor import LearnerActor
         from learner.config import OptimConfig
         from learner.losses import GRPOLoss
-        from learner.rl_recipe import MathRLConfig, make_learner, placement
+        from learner.rl_recipe import MathRLConfig, make_learner, placement, policy_config
         from learner.rl_stages import RLUpdateConfig
         from reward.actor import RewardActor, RewardConfig
         from rollout.driver import DriverConfig, RLDriver
@@ -155,7 +155,7 @@ class Ours:
         self.cfg = cfg
         res = placement(cfg, "cpu")
         threads = os.cpu_count() or 1
-        model_cfg = load_model(init_dir).config.to_dict()
+        model_cfg = policy_config(init_dir).to_dict()  # as start_actors: config.json, no weights
         self.learner = LearnerActor.options(name="bench-learner", **res["learner"]).remote(
             lambda: make_learner(cfg, init_dir, "cpu"), threads=threads)
         restart = dict(max_restarts=3, max_task_retries=3)

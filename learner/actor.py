@@ -40,7 +40,6 @@ class LearnerWorker:
         self.published = -1   # version serial of the last weights() handed to rollouts
         self.dirty = False    # trained since that publication
 
-
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
         # Sampled with weights other than the current ones (off-policy, or after a refill): the

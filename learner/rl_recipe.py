@@ -164,10 +164,12 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
     if (sft_final / "model.safetensors").is_file():
         made = json.loads(record.read_text()) if record.is_file() else None
         if made != wanted:
-            what = ("has no record of its settings (an older version made it)" if made is None else
-                    "was made with " + ", ".join(f"{k}={made.get(k)!r}" for k in wanted if made.get(k) != wanted[k])
-                    + " but this run asks for " + ", ".join(f"{k}={v!r}" for k, v in wanted.items()
-                                                           if made.get(k) != v))
+            if made is None:
+                what = "has no record of its settings (an older version made it)"
+            else:
+                differ = [k for k in wanted if made.get(k) != wanted[k]]
+                what = (f"was made with {', '.join(f'{k}={made.get(k)!r}' for k in differ)} but this run "
+                        f"asks for {', '.join(f'{k}={wanted[k]!r}' for k in differ)}")
             raise BootstrapMismatch(
                 f"{root} {what}. Delete {root} to rebuild it, use another --run-dir, or start from it "
                 f"anyway with --init {sft_final}")
