@@ -58,7 +58,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "transformers": ver("transformers"),
         "cpu": _cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_at_start": [round(x, 2) for x in load] if load else None,
         "git": _git_rev(),

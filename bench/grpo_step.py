@@ -46,9 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
 sys.path.insert(0, str(ROOT))
-# see bench/generate.py: spinning OpenMP waits collapse under a concurrent CPU user (and here the
-# learner, rollout and TRL take turns on the same cores)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
+# (bounded spinning; minimind/omp.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
+from minimind.omp import openmp_env, set_openmp_env  # noqa: E402
+
+set_openmp_env(overlapping=False)
 
 import torch  # noqa: E402
 
@@ -396,7 +398,7 @@ def main() -> None:
     log(f"tokenizer: vocab {tok.vocab_size} ({time.perf_counter() - t0:.1f}s)")
     n_prompts = args.prompts * (args.warmup + args.repeats) + args.prompts
     prompts = math_prompts(max(n_prompts, 64), args.seed)
-    env = {"env_vars": {"OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]}}
+    env = {"env_vars": openmp_env(overlapping=False)}  # what set_openmp_env put in this process
     ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
              runtime_env=env)
     result = {"bench": "grpo_step", "quick": args.quick, "env": environment(), "repeats": args.repeats,

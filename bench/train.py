@@ -16,7 +16,6 @@ Usage: python bench/train.py [--quick] [--append] [--presets minimind2-small,tin
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
 sys.path.insert(0, str(ROOT))
-# see bench/generate.py: spinning OpenMP waits collapse under a concurrent CPU user
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
+# (bounded spinning; minimind/omp.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
+from minimind.omp import set_openmp_env  # noqa: E402
+
+set_openmp_env(overlapping=False)
 
 import torch  # noqa: E402
 

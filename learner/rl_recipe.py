@@ -27,6 +27,7 @@ from minimind.config import MiniMindConfig
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
+from minimind.omp import openmp_env
 from minimind.tokenizer import MiniMindTokenizer
 from reward.actor import RewardConfig
 from rollout.driver import DriverConfig
@@ -269,9 +270,9 @@ def init_ray(cfg: MathRLConfig) -> None:
 
     if ray.is_initialized():
         return
-    # Idle OpenMP threads of one actor spin and steal the cores from the actor that is working
-    # (learner and rollouts take turns): measured 60x slower decode steps on 2 cores without this.
-    env = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}}
+    # Learner and rollouts take turns on the cores unless off-policy overlaps them: bounded OpenMP
+    # spinning when they take turns, passive waits when they overlap (minimind/omp.py has the numbers).
+    env = {"env_vars": openmp_env(overlapping=cfg.driver.off_policy)}
     if cfg.address:
         ctx = ray.init(address=cfg.address, runtime_env=env)
     else:
