@@ -1,9 +1,9 @@
 """Native batched sampling engine: the default rollout backend.
 
-One prefill over left-padded prompts, then one token per step for every row through a
-preallocated `KVCache`. Everything per step is a tensor op over the batch; rows that have
-finished are periodically dropped from the batch (the cache is compacted) so long-tail
-responses do not keep paying for short ones.
+One prefill over the left-padded prompts (each prompt once: its n samples get copies of its keys
+and values), then one token per step for every row through a preallocated `KVCache`. Everything
+per step is a tensor op over the batch; rows that have finished are periodically dropped from the
+batch (the cache is compacted) so long-tail responses do not keep paying for short ones.
 
 The logprobs returned are those of the distribution each token was actually sampled from:
 temperature, top-k and top-p applied. With temperature 1, top_p 1, top_k 0 (the RL default)
@@ -117,9 +117,9 @@ def generate(model: MiniMindForCausalLM, prompts: list[list[int]], params: Sampl
     was_training = model.training
     model.eval()
     n, R = params.n, params.max_new_tokens
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    prompt_ids = prompt_ids.repeat_interleave(n, 0).to(device)
-    prompt_mask = prompt_mask.repeat_interleave(n, 0).to(device)
+    unique_ids, unique_mask = (t.to(device) for t in left_pad(prompts, pad_id))
+    prompt_ids = unique_ids.repeat_interleave(n, 0)
+    prompt_mask = unique_mask.repeat_interleave(n, 0)
     B, P = prompt_ids.shape
     max_pos = P + R
     if max_pos > model.config.max_position_embeddings:
@@ -134,14 +134,19 @@ def generate(model: MiniMindForCausalLM, prompts: list[list[int]], params: Sampl
     out_lp = torch.zeros((B, R), dtype=torch.float32, device=device)
     out_mask = torch.zeros((B, R), dtype=torch.float32, device=device)
 
-    cache = KVCache(model.config, B, max_pos, device, dtype)
     key_mask = torch.ones((B, max_pos), dtype=torch.bool, device=device)
     key_mask[:, :P] = prompt_mask.bool()
     next_pos = prompt_mask.sum(-1, keepdim=True)          # [B, 1] position of the next token
     rows = torch.arange(B, device=device)                   # active row -> output row
     done = torch.zeros(B, dtype=torch.bool, device=device)  # per active row
 
-    logits = model(prompt_ids, attention_mask=key_mask[:, :P], cache=cache, num_logits_to_keep=1).logits[:, -1]
+    # Prefill each prompt once, then give its n samples copies of its keys/values: the n rows of a
+    # prompt would compute identical prefills (8x the prefill work at G=8).
+    cache = KVCache(model.config, len(prompts), P if n > 1 else max_pos, device, dtype)
+    logits = model(unique_ids, attention_mask=unique_mask.bool(), cache=cache, num_logits_to_keep=1).logits[:, -1]
+    if n > 1:
+        cache = cache.repeat_rows(n, max_pos)
+        logits = logits.repeat_interleave(n, 0)
     steps = 0
     for t in range(R):
         logp = process_logits(logits, params)

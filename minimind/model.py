@@ -10,6 +10,8 @@ would see alone, and padded keys are never attended.
 """
 from __future__ import annotations
 
+import copy
+
 import math
 from dataclasses import dataclass
 
@@ -114,6 +116,19 @@ class KVCache:
 
     def advance(self, t: int) -> None:
         self.pos += t
+
+    def repeat_rows(self, n: int, max_len: int) -> KVCache:
+        """A cache with n copies of each row (row i -> rows i*n .. i*n+n-1) holding the filled
+        positions, with room for `max_len`: a prompt prefilled once serves its n samples."""
+        out = copy.copy(self)
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            big = t.new_empty((t.shape[0] * n, t.shape[1], max_len, t.shape[3]))
+            big[:, :, :self.pos] = t[:, :, :self.pos].repeat_interleave(n, 0)
+            return big
+
+        out.k, out.v, out.max_len = [grow(t) for t in self.k], [grow(t) for t in self.v], max_len
+        return out
 
     def reorder(self, idx: torch.Tensor) -> None:
         """Keep rows `idx` (e.g. drop finished sequences)."""

@@ -75,6 +75,20 @@ def test_n_samples_grouped_and_seeded():
     assert torch.equal(a.prompt_ids[3], a.prompt_ids[5])
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-qk"])
+def test_prefill_shared_by_n_samples_equals_one_prefill_per_row(name):
+    """n samples reuse their prompt's single prefill (KVCache.repeat_rows): same as prefilling
+    every row, which is what passing each prompt n times with n=1 does."""
+    model = tiny(name)
+    shared = generate(model, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0, n=4))
+    per_row = generate(model, [p for p in PROMPTS for _ in range(4)],
+                       SamplingParams(max_new_tokens=12, temperature=0, n=1))
+    assert torch.equal(shared.response_ids, per_row.response_ids)
+    assert torch.equal(shared.prompt_ids, per_row.prompt_ids)
+    assert torch.allclose(shared.logprobs, per_row.logprobs, atol=1e-6, rtol=0)
+    assert shared.response_ids.shape == (12, 12)
+
+
 def test_top_k_and_top_p_filtering():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     lp = process_logits(logits, SamplingParams(top_k=2))
