@@ -123,9 +123,8 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int =
     """Time every side `repeats` times, interleaved (A B, B A, A B, ...), after `warmup` untimed calls
     each. Returns per side: seconds (list), median_s, peak_rss_mb (sampled during that side's calls)
     and, if `work[side]` (e.g. tokens per call) is given, rate (work / median_s) and rates (list).
-    With two or more sides, also `ratio` = median of per-repeat (rate_0 / rate_1), i.e. side 0 / side 1
-    speed measured back to back, and `ratios` (per repeat); with more, `ratio_vs` = {side: median
-    rate_0 / rate_side} for every side after the first."""
+    With exactly two sides, also `ratio` = median of per-repeat (rate_0 / rate_1), i.e. side 0 / side 1
+    speed measured back to back."""
     names = list(sides)
     for name in names:
         for _ in range(warmup):
@@ -147,15 +146,12 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: int =
             d["rate"] = round(work[n] / median(secs[n]), 2)
             d["rates"] = [round(work[n] / s, 2) for s in secs[n]]
         out[n] = d
-    work = work or {}
-    a = names[0]
-    per_side = {b: [(work.get(a, 1.0) / sa) / (work.get(b, 1.0) / sb) for sa, sb in zip(secs[a], secs[b])]
-                for b in names[1:]}
-    if len(names) >= 2:
-        out["ratio"] = round(median(per_side[names[1]]), 3)
-        out["ratios"] = [round(x, 3) for x in per_side[names[1]]]
-    if len(names) > 2:
-        out["ratio_vs"] = {b: round(median(per), 3) for b, per in per_side.items()}
+    if len(names) == 2:
+        a, b = names
+        wa, wb = (work or {}).get(a, 1.0), (work or {}).get(b, 1.0)
+        per = [(wa / sa) / (wb / sb) for sa, sb in zip(secs[a], secs[b])]
+        out["ratio"] = round(median(per), 3)
+        out["ratios"] = [round(x, 3) for x in per]
     return out
 
 
