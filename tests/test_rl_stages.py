@@ -98,6 +98,51 @@ def test_learner_recomputes_the_rollout_logprobs(temperature):
     assert wrong._experience(learner, batch)["stats"]["logprob_gap"] > 1e-2
 
 
+def _count_forwards(module) -> list[int]:
+    calls = [0]
+    module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def test_one_on_policy_update_takes_old_logprobs_from_its_own_forward():
+    """epochs x minibatches == 1: the old policy IS the one being updated, so the learner skips the
+    separate no-grad forward; same update as with the recomputed old logprobs, same gap stat."""
+    model = _model()
+    G = 4
+    batch = rollout(model, _prompts(4), G=G, max_new_tokens=10, seed=4, rewards=_mixed_rewards(16, G))
+    results = []
+    for reuse in (True, False):
+        stage = GRPOStage(loss_fn=GRPOLoss(kl_coef=0.1), update=RLUpdateConfig(minibatches=1))
+        if not reuse:  # the general path: a separate forward recomputes the old logprobs
+            stage._experience = lambda learner, b, old_from_update=False, s=stage: GRPOStage._experience(s, learner, b)
+        learner = Learner(copy.deepcopy(model), stage, _optim(1e-3, micro_batch_size=8),
+                          ref_model=_perturbed(model))
+        forwards = _count_forwards(learner.model.model)
+        stats = learner.train_step(batch)
+        results.append((forwards[0], stats, _weights(learner.model)))
+    (f_reuse, s_reuse, w_reuse), (f_recompute, s_recompute, w_recompute) = results
+    assert (f_reuse, f_recompute) == (2, 3)          # 2 micro-batches; + 1 batch forward for old
+    assert s_reuse["updates"] == s_recompute["updates"] == 1
+    assert s_reuse["logprob_gap"] < 1e-5 and s_recompute["logprob_gap"] < 1e-5
+    assert s_reuse["ratio_mean"] == 1.0 and s_reuse["clip_frac"] == 0.0
+    assert s_reuse["loss"] == pytest.approx(s_recompute["loss"], rel=1e-5, abs=1e-7)
+    for k in w_reuse:
+        torch.testing.assert_close(w_reuse[k], w_recompute[k], rtol=0, atol=1e-6)
+    assert _changed(_weights(model), learner.model)
+
+
+def test_stale_batch_trains_against_the_behaviour_logprobs_without_a_recompute():
+    model = _model()
+    batch = rollout(model, _prompts(3), G=2, seed=5, rewards=torch.rand(6))
+    batch.meta["stale"] = True
+    stage = GRPOStage(update=RLUpdateConfig(minibatches=2))
+    learner = Learner(_perturbed(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    forwards = _count_forwards(learner.model.model)
+    exp = stage._experience(learner, batch)
+    assert forwards[0] == 0 and "logprob_gap" not in exp["stats"]
+    assert torch.equal(exp["old"], batch.logprobs)
+
+
 # ----------------------------------------------------------------------------- several updates
 def _run_updates(learner: Learner, batch: RolloutBatch) -> list[dict]:
     return [learner._update(micros) for micros in learner.stage.updates(learner, batch)]
