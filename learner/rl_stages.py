@@ -23,15 +23,9 @@ from .stages import _Base
 
 def response_logits(model: MiniMindForCausalLM, seq: torch.Tensor, attn: torch.Tensor, R: int,
                     temperature: float) -> torch.Tensor:
-    """[B, R, V] logits that predicted each response token, at the sampling temperature.
-    Only the R positions before each response token go through the LM head (the prompt's logits
-    are never needed). The hidden states are sliced, not the logits: slicing [B, R+1, V] logits
-    costs a copy forward and a zero-filled full-size gradient backward."""
-    if isinstance(model, MiniMindForCausalLM):
-        h, _ = model.model(seq, attention_mask=attn)
-        logits = model.lm_head(h[:, -R - 1:-1]).float()
-    else:
-        logits = model(seq, attention_mask=attn, num_logits_to_keep=R + 1).logits[:, :-1].float()
+    """[B, R, V] logits that predicted each response token, at the sampling temperature. Only the R
+    positions before each response token go through the LM head (the prompt's logits are never needed)."""
+    logits = model(seq, attention_mask=attn, logits_slice=slice(-R - 1, -1)).logits.float()
     return logits / temperature if temperature not in (0.0, 1.0) else logits
 
 

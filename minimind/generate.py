@@ -143,7 +143,8 @@ def generate(model: MiniMindForCausalLM, prompts: list[list[int]], params: Sampl
     # Prefill each prompt once, then give its n samples copies of its keys/values: the n rows of a
     # prompt would compute identical prefills (8x the prefill work at G=8).
     cache = KVCache(model.config, len(prompts), P if n > 1 else max_pos, device, dtype)
-    logits = model(unique_ids, attention_mask=unique_mask.bool(), cache=cache, num_logits_to_keep=1).logits[:, -1]
+    logits = model(unique_ids, attention_mask=unique_mask.bool(), cache=cache,
+                   logits_slice=slice(-1, None)).logits[:, -1]
     if n > 1:
         cache = cache.repeat_rows(n, max_pos)
         logits = logits.repeat_interleave(n, 0)

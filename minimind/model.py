@@ -290,7 +290,7 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- models
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor | None      # [B, T, V] (or [B, keep, V] with num_logits_to_keep)
+    logits: torch.Tensor | None      # [B, T, V] (or [B, len(logits_slice), V])
     hidden_states: torch.Tensor      # [B, T, H] after the final norm
     loss: torch.Tensor | None = None  # mean next-token CE over labels != -100 (+ aux_loss)
     aux_loss: torch.Tensor | None = None  # MoE load-balance loss (0 for dense)
@@ -400,10 +400,15 @@ class MiniMindForCausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                cache: KVCache | None = None, num_logits_to_keep: int = 0) -> ModelOutput:
-        """`labels` [B, T] are the input ids themselves (shifted inside, -100 ignored), as in HF."""
+                cache: KVCache | None = None, logits_slice: slice | None = None) -> ModelOutput:
+        """`labels` [B, T] are the input ids themselves (shifted inside, -100 ignored), as in HF.
+        `logits_slice`: the positions to return logits for, e.g. slice(-1, None) for the next token."""
+        if labels is not None and logits_slice is not None:
+            raise ValueError("labels need the logits of every position: pass labels or logits_slice, not both")
         h, aux = self.model(input_ids, attention_mask, position_ids, cache)
-        logits = self.lm_head(h[:, -num_logits_to_keep:] if num_logits_to_keep else h)
+        # only the positions asked for go through the LM head (slicing [B, T, V] logits afterwards
+        # would cost a copy forward and a zero-filled full-size gradient backward)
+        logits = self.lm_head(h if logits_slice is None else h[:, logits_slice])
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),

@@ -121,6 +121,18 @@ def test_labels_loss_is_shifted_ce(name):
     torch.testing.assert_close(out.loss, manual, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("sl", [slice(-1, None), slice(-5, -1), slice(2, 4)])
+def test_logits_slice_runs_the_head_on_those_positions_only(sl):
+    m = _model("tiny")
+    ids = _ids(3, 9)
+    full = m(ids).logits
+    part = m(ids, logits_slice=sl)
+    assert part.logits.shape == full[:, sl].shape and part.hidden_states.shape[1] == 9
+    torch.testing.assert_close(part.logits, full[:, sl], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        m(ids, labels=ids, logits_slice=sl)
+
+
 # ----------------------------------------------------------------------------- KV cache
 @pytest.mark.parametrize("name", TINY)
 @pytest.mark.parametrize("batch", [2, 32])  # 32 rows x 4 heads x 16 dims: the decode_attention path
