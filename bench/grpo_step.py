@@ -88,8 +88,7 @@ def tokenizer_corpus(max_chars: int = 6_000_000) -> list[str]:
 
 
 def math_prompts(n: int, seed: int) -> list[dict]:
-    ds = RLPromptDataset(sm.rl_records(sm.generate_problems(n, seed, "train")))
-    return [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in ds.items]
+    return RLPromptDataset(sm.rl_records(sm.generate_problems(n, seed, "train"))).driver_prompts()
 
 
 def rule_reward(response: str, answer: str) -> float:

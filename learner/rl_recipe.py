@@ -190,10 +190,6 @@ class BootstrapMismatch(ValueError):
     """A cached bootstrap made with other settings than the ones asked for."""
 
 
-def _prompts(ds: RLPromptDataset) -> list[dict]:
-    return [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in ds.items]
-
-
 def prepare(cfg: MathRLConfig) -> Prepared:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,16 +201,16 @@ def prepare(cfg: MathRLConfig) -> Prepared:
     if not (tok_dir / "tokenizer.json").is_file() and not tok_dir.name.endswith(".json"):
         raise FileNotFoundError(f"no tokenizer.json in {tok_dir}: pass --tokenizer")
     if cfg.dataset:
-        train = _prompts(RLPromptDataset(cfg.dataset))
+        train = RLPromptDataset(cfg.dataset).driver_prompts()
     else:
         # a different seed than the bootstrap's SFT data: RL should see problems SFT did not
         # memorise (still the train split, so the held-out test split stays disjoint)
         problems = sm.generate_problems(cfg.n_prompts, cfg.seed + RL_PROMPT_SEED_OFFSET, "train")
-        train = _prompts(RLPromptDataset(sm.rl_records(problems)))
+        train = RLPromptDataset(sm.rl_records(problems)).driver_prompts()
     if cfg.test_dataset:
-        test = _prompts(RLPromptDataset(cfg.test_dataset))[: cfg.eval_size]
+        test = RLPromptDataset(cfg.test_dataset).driver_prompts()[: cfg.eval_size]
     else:
-        test = _prompts(RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test"))))
+        test = RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test"))).driver_prompts()
     if cfg.algo == "spo":
         train = train[: cfg.spo_prompts]
     return Prepared(init, tok_dir, train, test)

@@ -323,6 +323,7 @@ def test_rl_prompts(tmp_path):
     assert sys[0].prompt.startswith("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ")
     b = RLPromptDataset.collate([ds[0], ds[1]])
     assert b["answers"] == ["5", "1000"] and len(b["prompts"]) == 2
+    assert ds.driver_prompts()[1] == {"prompt": ds[1].prompt, "key": ds[1].key, "answer": "1000"}
     with pytest.raises(DataError, match=r"<records>:1: missing field 'answer'"):
         RLPromptDataset([{"prompt": "a", "answer": "1"}, {"prompt": "b"}], strict=True)
 

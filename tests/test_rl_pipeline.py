@@ -76,7 +76,7 @@ def actors(ray_local, tmp_path_factory):
         RewardConfig(timeout_s=None),
         components=[("math", MathVerifierScorer(), 0.0), ("first_even", FirstTokenEven(), 1.0)])
     ds = RLPromptDataset(sm.rl_records(problems[:40]))
-    prompts = [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in ds.items]
+    prompts = ds.driver_prompts()
     yield SimpleNamespace(learner=learner, rollouts=rollouts, rewards=[reward], train=prompts[:32],
                           eval=prompts[32:36])
     for a in [learner, *rollouts, reward]:

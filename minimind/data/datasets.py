@@ -357,6 +357,10 @@ class RLPromptDataset:
     def __getitem__(self, i: int) -> RLPrompt:
         return self.items[i]
 
+    def driver_prompts(self) -> list[dict]:
+        """The prompts as the RL driver sends them to rollout workers: {"prompt", "key", "answer"}."""
+        return [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in self.items]
+
     @staticmethod
     def collate(items):  # noqa: D102 - BatchIterator picks this up
         return collate_rl(items)
