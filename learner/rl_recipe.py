@@ -210,7 +210,8 @@ def prepare(cfg: MathRLConfig) -> Prepared:
     if cfg.test_dataset:
         test = RLPromptDataset(cfg.test_dataset).driver_prompts()[: cfg.eval_size]
     else:
-        test = RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test"))).driver_prompts()
+        test_problems = sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test")
+        test = RLPromptDataset(sm.rl_records(test_problems)).driver_prompts()
     if cfg.algo == "spo":
         train = train[: cfg.spo_prompts]
     return Prepared(init, tok_dir, train, test)

@@ -103,7 +103,7 @@ class _RLBase(_Base):
         """seq/attn/mask, the rollout's logprobs, the reference's, and `old`: the logprobs the ratio
         divides by. `old_from_update`: the batch gets ONE update from the weights that sampled it,
         so the old policy is the policy being updated; `old` is None and the loss takes the update's
-        own logprobs, detached (a no-grad forward less, ~20% of the learner's step)."""
+        own logprobs, detached (one no-grad forward less: learner step ~3.2 -> ~2.7 s, demo 256 x 24)."""
         dev = learner.device
         seq, attn = batch.sequences.to(dev), batch.attention_mask.to(dev)
         mask = batch.response_mask.to(dev)

@@ -11,7 +11,6 @@ would see alone, and padded keys are never attended.
 from __future__ import annotations
 
 import copy
-
 import math
 from dataclasses import dataclass
 
