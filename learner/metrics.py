@@ -137,6 +137,22 @@ class MetricsLogger:
             self.ray.log(record["step"], **{k: record[k] for k in metrics})
         return record
 
+    def drop_after(self, step: int) -> int:
+        """Resuming from a checkpoint taken at `step`: remove the records of later steps (a run that
+        crashed between checkpoints logged steps it will now run again) and a half-written last line.
+        Returns how many records were dropped."""
+        self._file.close()
+        records = read_metrics(self.path)
+        kept = [r for r in records if r["step"] <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.refresh()
+        return len(records) - len(kept)
+
     def _update_bar(self, record: dict[str, Any]) -> None:
         shown = [k for k in _POSTFIX_KEYS if _is_number(record.get(k))]
         if not shown:

@@ -393,6 +393,7 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
         if cfg.resume:
             extra = ray.get(actors.learner.call.remote("load_checkpoint", ckpt_dir))
             driver.load_state_dict(extra)
+            logger.drop_after(driver.step)
             print(f"[resume] continuing at step {driver.step} from {ckpt_dir}")
         elif cfg.algo == "spo":
             init_spo_tracker(driver, actors, cfg)

@@ -32,6 +32,8 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
         batches.load_state_dict(extra["data"])
         log.info("resumed from %s at step %d", ckpt, learner.step)
     logger = MetricsLogger(run_dir, total_steps=steps, desc=learner.stage.name, enable_progress=progress)
+    if resume:
+        logger.drop_after(learner.step)
     stats: dict[str, float] = {}
     try:
         while learner.step < steps:

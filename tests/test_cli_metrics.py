@@ -261,6 +261,25 @@ def test_metrics_logger_appends_and_rejects_reserved(tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
+def test_resume_drops_steps_logged_after_the_checkpoint(tmp_path):
+    """A run that crashed after step 6 with its last checkpoint at step 4 (and half a line written)
+    resumes at 4: steps 5 and 6 are logged again, once."""
+    with MetricsLogger(tmp_path, enable_progress=False) as log:
+        log.log(0, eval_accuracy=0.5)
+        for step in range(1, 7):
+            log.log(step, loss=1.0 / step)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "lo')
+    with MetricsLogger(tmp_path, total_steps=8, enable_progress=False) as log:
+        with pytest.warns(UserWarning, match="truncated"):
+            assert log.drop_after(4) == 2
+        for step in range(5, 9):
+            log.log(step, loss=0.1)
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(9))
+    assert records[4]["loss"] == 0.25 and records[5]["loss"] == 0.1
+
+
 def test_progress_bar_postfix(tmp_path, capsys):
     log = MetricsLogger(tmp_path, total_steps=4, desc="train", enable_progress=True)
     log.log(2, loss=1.25, reward=0.5, extra=3.0)

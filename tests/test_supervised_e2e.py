@@ -45,11 +45,13 @@ def test_pretrain_writes_everything_and_learns(pretrained):
 
 def test_resume_continues_from_checkpoint(pretrained):
     run_dir, _ = pretrained
+    with open(run_dir / "metrics.jsonl", "a") as f:   # as if it crashed after step 9, checkpoint at 8
+        f.write('{"step": 9, "loss": 9.0}\n')
     res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=12, lr=3e-3, checkpoint_every=4, resume=True,
                                       **COMMON))
     assert res["step"] == 12
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
-    assert steps == list(range(1, 13))     # 9..12 appended; 1..8 were not run again
+    assert steps == list(range(1, 13))     # 9..12 appended once; 1..8 were not run again
 
 
 def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
