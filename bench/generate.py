@@ -43,7 +43,7 @@ from minimind.generate import SamplingParams, generate  # noqa: E402
 from minimind.model import MiniMindForCausalLM  # noqa: E402
 
 
-def start_vllm(cfg, model: MiniMindForCausalLM, mode: str) -> tuple[object | None, str]:
+def start_vllm(cfg: MiniMindConfig, model: MiniMindForCausalLM, mode: str) -> tuple[object | None, str]:
     """Our vLLM rollout backend (rollout/vllm_engine.py: fp32 on CPU, engine in this process) holding
     `model`'s weights, or None and why not. mode: auto (when installed and the model fits), on, off."""
     if mode == "off":
@@ -55,13 +55,15 @@ def start_vllm(cfg, model: MiniMindForCausalLM, mode: str) -> tuple[object | Non
         if mode == "on":
             raise SystemExit(f"--vllm on: vllm does not import ({type(e).__name__}: {e})")
         return None, "not installed" if isinstance(e, ModuleNotFoundError) else f"import failed: {type(e).__name__}"
-    from rollout.vllm_engine import CPU_HEAD_DIMS, VLLMEngine
+    from rollout.vllm_engine import VLLMEngine, unsupported
 
     version = getattr(vllm, "__version__", "?")
-    if not torch.cuda.is_available() and cfg.head_dim not in CPU_HEAD_DIMS:
-        return None, f"{version}: skipped, head_dim {cfg.head_dim} is not one of its CPU attention's {CPU_HEAD_DIMS}"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    why = unsupported(cfg, device)
+    if why:
+        return None, f"{version}: skipped, {why}"
     t0 = time.perf_counter()
-    engine = VLLMEngine(cfg, "cuda" if torch.cuda.is_available() else "cpu", seed=0)
+    engine = VLLMEngine(cfg, device, seed=0)
     engine.load_weights(model.state_dict())
     return engine, f"{version} {engine.dtype}, engine start {time.perf_counter() - t0:.0f} s (not timed)"
 

@@ -98,6 +98,10 @@ class RayMetrics:
             gauge.set(float(value), tags={"run": self.run})
 
 
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
 class MetricsLogger:
     """Appends metrics to ``run_dir/metrics.jsonl`` and shows a tqdm progress bar.
 
@@ -129,7 +133,7 @@ class MetricsLogger:
             raise ValueError(f"metric names {sorted(clash)} are reserved")
         record = {"step": int(step), "time": round(time.time() - self._start, 3)}
         record.update({k: _to_json_value(v) for k, v in metrics.items()})
-        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        self._file.write(_line(record))
         self._file.flush()
         if self._bar is not None:
             self._update_bar(record)
@@ -145,7 +149,7 @@ class MetricsLogger:
         records = read_metrics(self.path)
         kept = [r for r in records if r["step"] <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in kept), encoding="utf-8")
+        tmp.write_text("".join(_line(r) for r in kept), encoding="utf-8")
         tmp.replace(self.path)
         self._file = open(self.path, "a", encoding="utf-8")
         if self._bar is not None:

@@ -222,8 +222,7 @@ class GRPOStage(_RLBase):
                 learner.last_stats = {"reward_mean": float(full.rewards.mean()), "skipped_groups": 1.0}
                 return
         one_update = self.update.epochs * self.update.minibatches == 1
-        kl_reward = self.loss_fn.kl_in_reward and self.loss_fn.kl_coef > 0   # advantages need old first
-        exp = self._experience(learner, batch, old_from_update=one_update and not kl_reward)
+        exp = self._experience(learner, batch, old_from_update=one_update and not self.loss_fn.kl_in_advantages)
         uid = batch.group_uid.to(learner.device)
         rewards = batch.rewards.to(learner.device)
         exp["adv"] = self.loss_fn.compute_advantages(rewards, uid, exp["old"], exp.get("ref"), exp["mask"])

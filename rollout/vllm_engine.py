@@ -42,6 +42,14 @@ CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 """Head sizes of vLLM 0.32's CPU attention backend (the 'demo' preset has 32, minimind2-small 64)."""
 
 
+def unsupported(cfg: MiniMindConfig, device_type: str) -> str | None:
+    """Why vLLM cannot run this model on this device type, or None."""
+    if device_type == "cpu" and cfg.head_dim not in CPU_HEAD_DIMS:
+        return (f"vLLM's CPU attention supports head_dim in {CPU_HEAD_DIMS}, the model has {cfg.head_dim} "
+                f"(e.g. the 'tiny' presets)")
+    return None
+
+
 def _env_defaults(device: str) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # engine core in this process
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,9 +68,9 @@ class VLLMEngine:
             model_cfg = MiniMindConfig.from_dict(model_cfg)
         self.cfg = model_cfg
         self.device = torch.device(device)
-        if self.device.type == "cpu" and model_cfg.head_dim not in CPU_HEAD_DIMS:
-            raise ValueError(f"vLLM's CPU attention supports head_dim in {CPU_HEAD_DIMS}, the model has "
-                             f"{model_cfg.head_dim} (e.g. the 'tiny' presets): use --rollout.engine native")
+        why = unsupported(model_cfg, self.device.type)
+        if why:
+            raise ValueError(f"{why}: use --rollout.engine native")
         _env_defaults(self.device.type)
         from vllm import LLM
 

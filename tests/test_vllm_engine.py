@@ -151,3 +151,13 @@ def test_rollout_worker_with_vllm_engine_returns_a_rollout_batch(setup, monkeypa
     assert len(batch) == 4 and batch.group_uid.tolist() == [0, 0, 1, 1]
     assert batch.meta["engine"] == "vllm" and batch.policy_version == 1
     assert batch.meta["weight_sync_seconds"] > 0 and batch.response_mask.dtype == torch.float32
+
+
+def test_unsupported_head_size_is_refused_before_the_engine_starts():
+    from rollout.vllm_engine import VLLMEngine, unsupported
+
+    tiny = preset("tiny")   # head_dim 16
+    assert "head_dim" in unsupported(tiny, "cpu") and unsupported(tiny, "cuda") is None
+    assert unsupported(preset("tiny", num_attention_heads=2, num_key_value_heads=1, head_dim=32), "cpu") is None
+    with pytest.raises(ValueError, match="the model has 16.*--rollout.engine native"):
+        VLLMEngine(tiny, "cpu")

@@ -208,6 +208,11 @@ class GRPOLoss:
     def kl_in_loss(self) -> bool:
         return self.kl_coef > 0 and not self.kl_in_reward
 
+    @property
+    def kl_in_advantages(self) -> bool:
+        """The rewards are KL-penalised before the advantages (these then need old logprobs)."""
+        return self.kl_coef > 0 and self.kl_in_reward
+
     def compute_advantages(
         self,
         rewards: torch.Tensor,
@@ -218,7 +223,7 @@ class GRPOLoss:
     ) -> torch.Tensor:
         """Sequence advantages [B] for the full batch (compute BEFORE splitting into
         micro-batches). With ``kl_in_reward`` the rewards are KL-penalised first."""
-        if self.kl_in_reward and self.kl_coef > 0:
+        if self.kl_in_advantages:
             if old_logp is None or ref_logp is None or mask is None:
                 raise ValueError("kl_in_reward needs old_logp, ref_logp and mask")
             rewards = kl_penalized_rewards(rewards, old_logp, ref_logp, mask, self.kl_coef)
