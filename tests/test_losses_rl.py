@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from learner.losses import (
+    ClipConfig,
     GRPOLoss,
+    KLConfig,
     PPOLoss,
     SPOTracker,
     aggregate,
@@ -16,6 +18,7 @@ from learner.losses import (
     kl_penalized_rewards,
     kl_reward_penalty,
     policy_loss,
+    policy_drift,
     ppo_token_rewards,
     spo_advantages,
     value_loss,
@@ -157,7 +160,7 @@ def test_grpo_loss_kl_in_loss_by_hand():
     ref = -torch.rand(2, 3)
     adv = torch.tensor([1.0, -1.0])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.float32)
-    cfg = GRPOLoss(kl_coef=0.1, kl_kind="k3", eps_high=0.28)
+    cfg = GRPOLoss(clip=ClipConfig(eps_high=0.28), kl=KLConfig(coef=0.1, kind="k3"))
     loss, st = cfg(logp, old, ref, adv, mask)
     pg, _ = policy_loss(logp, old, adv, mask, 0.2, 0.28)
     d = ref - logp
@@ -169,7 +172,7 @@ def test_grpo_loss_kl_in_loss_by_hand():
     with pytest.raises(ValueError):
         cfg(logp, old, None, adv, mask)
     with pytest.raises(ValueError, match="k3"):
-        GRPOLoss(kl_kind="k5")
+        KLConfig(kind="k5")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -181,7 +184,7 @@ def test_grpo_loss_shard_invariance(mode):
     ref = old + 0.2 * torch.randn(B, T)
     mask = (torch.rand(B, T) > 0.2).float()
     adv = torch.randn(B)
-    cfg = GRPOLoss(kl_coef=0.05, agg_mode=mode)
+    cfg = GRPOLoss(clip=ClipConfig(agg_mode=mode), kl=KLConfig(coef=0.05))
     full, _ = cfg(logp, old, ref, adv, mask)
     g = global_counts(mask)
     parts = cfg(logp[:3], old[:3], ref[:3], adv[:3], mask[:3], **g)[0] + \
@@ -198,7 +201,7 @@ def test_grpo_kl_in_reward():
     assert _close(pen, [[-0.05, 0.1, 0.0], [0.0, -0.1, 0.0]])
     r = torch.tensor([1.0, 1.0])
     assert _close(kl_penalized_rewards(r, old, ref, mask, 0.1), [1.05, 0.9])
-    cfg = GRPOLoss(kl_coef=0.1, kl_in_reward=True)
+    cfg = GRPOLoss(kl=KLConfig(coef=0.1, in_reward=True))
     adv = cfg.compute_advantages(r, torch.tensor([0, 0]), old, ref, mask)
     assert _close(adv, group_advantages(torch.tensor([1.05, 0.9]), torch.tensor([0, 0])))
     assert adv[0] > 0 > adv[1]
@@ -289,7 +292,7 @@ def test_ppo_loss_end_to_end():
     old = -torch.rand(B, T)
     ref = old + 0.1 * torch.randn(B, T)
     vals = torch.randn(B, T)
-    cfg = PPOLoss(kl_coef=0.05, vf_coef=0.5)
+    cfg = PPOLoss(kl=KLConfig(coef=0.05, kind="k1", in_reward=True), vf_coef=0.5)
     adv, ret = cfg.compute_advantages(torch.tensor([1.0, 0.0, 1.0, 0.5]), old, ref, vals, m)
     a = adv[m.bool()]
     assert _close(a.mean(), 0.0, tol=1e-5) and _close(a.std(), 1.0, tol=1e-4)
@@ -370,13 +373,16 @@ def test_spo_sampling_weights_and_advantages():
     assert _close(spo_advantages(torch.tensor([1.0]), torch.tensor([0.3])), [0.0])
 
 
-def test_spo_drift_and_state_dict_round_trip():
+def test_spo_policy_drift_and_state_dict_round_trip():
+    now = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -0.7, 0.0]])
+    then = torch.tensor([[-1.1, -2.0, -2.0], [-0.5, -0.5, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]], dtype=torch.float32)
+    assert _close(policy_drift(now, then, mask), [0.05, 0.1], tol=1e-6)     # mean |Δ| over each row's tokens
+    assert _close(policy_drift(now, now, mask), [0.0, 0.0])
     tr = SPOTracker(rho_min=0.9)
-    d0 = tr.drift(["a", 3], torch.tensor([-1.0, -2.0]))
-    assert _close(d0, [0.0, 0.0])
-    d1 = tr.drift(["a", "x"], [-1.05, -0.5])
-    assert _close(d1, [0.05, 0.0], tol=1e-6)
-    tr.update(["a", 3], [1.0, 0.0], d1)
+    assert tr.remembered("a") is None
+    tr.remember("a", [5, 6], [7, 8, 2], [-0.1, -0.2, -0.3])
+    tr.update(["a", 3], [1.0, 0.0], [0.05, 0.0])
     tr.init_from_samples("z", [1.0, 1.0, 0.0])
     state = json.loads(json.dumps(tr.state_dict()))  # JSON-able
     tr2 = SPOTracker()
@@ -384,6 +390,30 @@ def test_spo_drift_and_state_dict_round_trip():
     assert tr2.rho_min == 0.9 and tr2.state_dict() == tr.state_dict()
     keys = ["a", 3, "z", "new"]
     assert _close(tr2.baseline(keys), tr.baseline(keys))
-    assert _close(tr2.drift(["a"], [-1.0]), [0.05], tol=1e-6)  # last logp survived
+    assert tr2.remembered("a") == ([5, 6], [7, 8, 2], [-0.1, -0.2, -0.3])   # the stored response survived
     # the int key 3 and the str key "3" are the same prompt
     assert _close(tr2.params("3"), tr.params(3))
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("value", [1.05, 0.1, -0.3, 1 / 3])
+def test_zero_variance_groups_get_exactly_zero_advantage(scale, value):
+    """An all-equal group's float32 mean can be one rounding unit off its members (1.05 x 8 gave
+    -0.1057 per row once divided by std ~ 0 + eps): such groups carry no signal and get exactly 0."""
+    r = torch.cat([torch.full((8,), value), torch.tensor([0.0, 1.0, 0.0, 1.0])])
+    uid = torch.tensor([0] * 8 + [1] * 4)
+    adv = group_advantages(r, uid, scale)
+    assert torch.equal(adv[:8], torch.zeros(8))
+    assert (adv[8:] != 0).all()
+
+
+def test_value_clip_fraction_counts_no_rounding_as_clipping():
+    """V inside [old - c, old + c] must not count as clipped, even where old + (V - old) != V in
+    float32 (the clamp is on V itself)."""
+    torch.manual_seed(0)
+    old = torch.rand(64, 16) * 0.19                       # values near 0, old up to 0.19 away: within
+    values = torch.randn(64, 16) * 1e-6                   # c = 0.2, but V - old is inexact in float32
+    returns = values + torch.randn(64, 16) * 1e-9
+    _, st = value_loss(values, old, returns, torch.ones(64, 16), clip_range=0.2)
+    assert st["vf_clip_frac"] == 0.0
+    _, st = value_loss(old + 0.5, old, old + 5.0, torch.ones(64, 16), clip_range=0.2)
+    assert st["vf_clip_frac"] == 1.0        # every value outside the range, clipped term larger

@@ -6,22 +6,23 @@ Advantage conventions
 ``torch.std``'s default and the GRPO implementations in TRL and verl; a group of one has
 std 0 (and advantage 0). ``scale="none"`` is Dr.GRPO (no division by the std).
 
-KL placement (``GRPOLoss.kl_in_reward``)
-----------------------------------------
-- ``False`` (default): β·aggregate(kl_estimate(logp, ref, kl_kind)) is added to the loss.
+KL placement (``KLConfig.in_reward``)
+-------------------------------------
+- ``False`` (default): β·aggregate(kl_estimate(logp, ref, kind)) is added to the loss.
 - ``True``: the KL is a reward penalty. The learner calls
   :meth:`GRPOLoss.compute_advantages` (or :func:`kl_penalized_rewards` then
-  :func:`group_advantages`) with the rollout logprobs and the reference logprobs: each
+  :func:`group_advantages`) with the old logprobs and the reference logprobs: each
   sequence reward becomes r − β·Σ_t k1_t, BEFORE group normalisation, and the loss itself
   has no KL term.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import torch
 
+from .config import ClipConfig, KLConfig
 from .core import AggMode, KLKind, _enum, aggregate, kl_estimate, masked_mean, to_float
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "policy_loss",
     "kl_reward_penalty",
     "kl_penalized_rewards",
+    "ClippedPolicyLoss",
     "GRPOLoss",
 ]
 
@@ -81,6 +83,9 @@ def group_advantages(
     """
     mode = _enum(AdvScale, scale, "advantage scale")
     dev, std_g, _, _ = _group_stats(rewards, group_uid)
+    # an all-equal group's float mean can be one rounding unit off its members (1.05 x 8), and that
+    # unit divided by std ~ 0 + eps becomes a large advantage: such groups carry no signal, give 0
+    dev = dev.masked_fill(zero_variance_groups(rewards, group_uid), 0.0)
     if mode is AdvScale.GROUP:
         return dev / (std_g + eps)
     if mode is AdvScale.BATCH:
@@ -185,49 +190,12 @@ def kl_penalized_rewards(
 # --------------------------------------------------------------------------- GRPO loss
 
 @dataclass
-class GRPOLoss:
-    """GRPO objective. ``__call__`` = policy_loss + kl_coef·aggregate(kl_estimate(logp, ref))
-    (the KL term only when ``kl_in_reward`` is False and ``kl_coef`` > 0)."""
+class ClippedPolicyLoss:
+    """policy_loss + kl.coef·aggregate(kl_estimate(logp, ref)) (the KL term only when it is in the
+    loss): the objective GRPO and SPO share; they differ in their advantages."""
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2          # > eps_low gives DAPO's clip-higher (e.g. 0.28)
-    dual_clip: float | None = None
-    kl_coef: float = 0.04           # β
-    kl_kind: str = "k3"
-    kl_in_reward: bool = False
-    agg_mode: str = "token-mean"
-    adv_scale: str = "group"        # "none" = Dr.GRPO (use with agg_mode="seq-mean-token-sum-norm")
-    adv_eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        _enum(KLKind, self.kl_kind, "kl kind")
-        _enum(AggMode, self.agg_mode, "aggregation mode")
-        _enum(AdvScale, self.adv_scale, "advantage scale")
-
-    @property
-    def kl_in_loss(self) -> bool:
-        return self.kl_coef > 0 and not self.kl_in_reward
-
-    @property
-    def kl_in_advantages(self) -> bool:
-        """The rewards are KL-penalised before the advantages (these then need old logprobs)."""
-        return self.kl_coef > 0 and self.kl_in_reward
-
-    def compute_advantages(
-        self,
-        rewards: torch.Tensor,
-        group_uid: torch.Tensor,
-        old_logp: torch.Tensor | None = None,
-        ref_logp: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Sequence advantages [B] for the full batch (compute BEFORE splitting into
-        micro-batches). With ``kl_in_reward`` the rewards are KL-penalised first."""
-        if self.kl_in_advantages:
-            if old_logp is None or ref_logp is None or mask is None:
-                raise ValueError("kl_in_reward needs old_logp, ref_logp and mask")
-            rewards = kl_penalized_rewards(rewards, old_logp, ref_logp, mask, self.kl_coef)
-        return group_advantages(rewards, group_uid, self.adv_scale, self.adv_eps)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
 
     def __call__(
         self,
@@ -241,16 +209,53 @@ class GRPOLoss:
         max_len: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
-        pg, stats = policy_loss(logp, old_logp, advantages, mask, self.eps_low, self.eps_high,
-                                self.dual_clip, self.agg_mode, **agg)
+        c = self.clip
+        pg, stats = policy_loss(logp, old_logp, advantages, mask, c.eps_low, c.eps_high, c.dual_clip,
+                                c.agg_mode, **agg)
         loss = pg
         if ref_logp is not None:
-            kl_tok = kl_estimate(logp, ref_logp.detach(), self.kl_kind)
-            if self.kl_in_loss:
-                kl_term = aggregate(kl_tok, mask, self.agg_mode, **agg)
-                loss = loss + self.kl_coef * kl_term
+            kl_tok = kl_estimate(logp, ref_logp.detach(), self.kl.kind)
+            if self.kl.in_loss:
+                loss = loss + self.kl.coef * aggregate(kl_tok, mask, c.agg_mode, **agg)
             stats["kl"] = to_float(masked_mean(kl_tok.detach(), mask))
-        elif self.kl_in_loss:
-            raise ValueError("GRPOLoss has kl_coef > 0 with the KL in the loss but ref_logp is None")
+        elif self.kl.in_loss:
+            raise ValueError("kl coef > 0 with the KL in the loss but ref_logp is None")
         stats["loss"] = to_float(loss)
         return loss, stats
+
+    def penalized_rewards(self, rewards: torch.Tensor, old_logp: torch.Tensor | None,
+                          ref_logp: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """Rewards with the KL penalty when it is in the reward (else unchanged)."""
+        if not self.kl.in_advantages:
+            return rewards
+        if old_logp is None or ref_logp is None or mask is None:
+            raise ValueError("kl in_reward needs old_logp, ref_logp and mask")
+        return kl_penalized_rewards(rewards, old_logp, ref_logp, mask, self.kl.coef)
+
+
+@dataclass
+class GRPOLoss(ClippedPolicyLoss):
+    """GRPO (Shao et al. 2024): group-normalised advantages and the clipped policy loss + KL."""
+
+    adv_scale: str = "group"
+    """Advantage scale: group (std of the prompt's G samples), batch, or none (Dr.GRPO; use with
+    clip.agg_mode seq-mean-token-sum-norm)."""
+    adv_eps: float = 1e-6
+    """Added to the std before dividing."""
+
+    def __post_init__(self) -> None:
+        _enum(AdvScale, self.adv_scale, "advantage scale")
+
+    def compute_advantages(
+        self,
+        rewards: torch.Tensor,
+        group_uid: torch.Tensor,
+        old_logp: torch.Tensor | None = None,
+        ref_logp: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sequence advantages [B] for the full batch (compute BEFORE splitting into
+        micro-batches). With the KL in the reward the rewards are penalised first."""
+        rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
+        return group_advantages(rewards, group_uid, self.adv_scale, self.adv_eps)
+

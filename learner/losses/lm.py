@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .core import to_float
+from minimind.data import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+from .core import to_float
 
 __all__ = ["lm_loss", "IGNORE_INDEX"]
 

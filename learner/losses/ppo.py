@@ -8,11 +8,12 @@ statistics) → split into mini/micro-batches → ``PPOLoss.__call__``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .core import AggMode, _enum, aggregate, masked_mean, masked_whiten, to_float
+from .config import ClipConfig, KLConfig
+from .core import AggMode, aggregate, masked_mean, masked_whiten, to_float
 from .grpo import kl_reward_penalty, policy_loss
 
 __all__ = ["gae", "ppo_token_rewards", "value_loss", "PPOLoss"]
@@ -94,7 +95,9 @@ def value_loss(
         per_tok = 0.5 * l1
         clipped = torch.zeros_like(l1, dtype=torch.bool)
     else:
-        v_clip = old_values + (values - old_values).clamp(-clip_range, clip_range)
+        # clamp V itself (not old + clamp(V - old)): a V inside the range stays bit-identical, so
+        # rounding is never counted as clipping in vf_clip_frac
+        v_clip = torch.minimum(torch.maximum(values, old_values - clip_range), old_values + clip_range)
         l2 = (v_clip - returns) ** 2
         per_tok = 0.5 * torch.maximum(l1, l2)
         clipped = l2 > l1
@@ -113,21 +116,25 @@ def value_loss(
 @dataclass
 class PPOLoss:
     """PPO objective: policy_loss(whitened A) + vf_coef·value_loss. The KL to the reference is
-    in the reward (``kl_coef``, used by :meth:`compute_advantages`)."""
+    in the per-token reward (``kl.coef``, used by :meth:`compute_advantages`)."""
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.05, kind="k1", in_reward=True))
     vf_coef: float = 0.5
+    """Weight of the value loss."""
     vf_clip: float | None = 0.2
-    kl_coef: float = 0.05
+    """Clip range of the value around the old value (none: unclipped)."""
     gamma: float = 1.0
+    """GAE discount."""
     lam: float = 0.95
+    """GAE lambda."""
     whiten_advantages: bool = True
-    agg_mode: str = "token-mean"
+    """Whiten advantages over the batch's response tokens."""
 
     def __post_init__(self) -> None:
-        _enum(AggMode, self.agg_mode, "aggregation mode")
+        if not self.kl.in_reward or self.kl.kind != "k1":
+            raise ValueError(f"PPO puts the KL in the per-token reward as k1 (kl in_reward={self.kl.in_reward}, "
+                             f"kind={self.kl.kind!r}): pass --ppo.kl.in-reward true --ppo.kl.kind k1")
 
     @torch.no_grad()
     def compute_advantages(
@@ -140,7 +147,7 @@ class PPOLoss:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-batch (advantages [B,T], returns [B,T]); advantages whitened over the mask when
         ``whiten_advantages`` (returns are computed from the un-whitened advantages)."""
-        rewards = ppo_token_rewards(score, old_logp, ref_logp, mask, self.kl_coef)
+        rewards = ppo_token_rewards(score, old_logp, ref_logp, mask, self.kl.coef)
         adv, ret = gae(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
             adv = masked_whiten(adv, mask, shift_mean=True)
@@ -160,9 +167,10 @@ class PPOLoss:
         max_len: int | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
-        pg, stats = policy_loss(logp, old_logp, advantages, mask, self.eps_low, self.eps_high,
-                                self.dual_clip, self.agg_mode, **agg)
-        vf, vstats = value_loss(values, old_values, returns, mask, self.vf_clip, self.agg_mode, **agg)
+        c = self.clip
+        pg, stats = policy_loss(logp, old_logp, advantages, mask, c.eps_low, c.eps_high, c.dual_clip,
+                                c.agg_mode, **agg)
+        vf, vstats = value_loss(values, old_values, returns, mask, self.vf_clip, c.agg_mode, **agg)
         loss = pg + self.vf_coef * vf
         stats.update(vstats)
         stats["loss"] = to_float(loss)

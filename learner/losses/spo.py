@@ -6,10 +6,14 @@ of the success probability instead of a group of samples.
 Per step, for the batch's prompt keys (in this order):
     v    = tracker.baseline(keys)                    # α/(α+β), read BEFORE the update
     A    = spo_advantages(rewards, v)               # r − v, normalised over the batch
-    D    = tracker.drift(keys, mean_logp)           # |Δ mean logp| since the prompt was last seen
+    D    = policy_drift(now, then, mask)              # the prompt's previous response, rescored now:
+                                                     #   mean_t |log π_now − log π_then| over its tokens
     tracker.update(keys, rewards, D)                 # ρ = clip(2^(−D/D_half), ρ_min, ρ_max)
+    tracker.remember(key, prompt, response, logp)    # this visit's response and its sampling logprobs
                                                      # α ← ρα + r,  β ← ρβ + (1 − r)
-and the loss is :func:`learner.losses.grpo.policy_loss` with A broadcast over tokens.
+and the loss is :class:`SPOLoss` (the clipped policy loss + KL) with A broadcast over tokens. D is
+the policy's drift as the paper (and its authors' recipe) define it: the SAME stored response scored
+by the current and by the sampling policy, so an unchanged policy has D = 0 and ρ = ρ_max.
 
 Defaults: D_half = 0.06, ρ_min = 0.875, ρ_max = 0.96 (the paper's values; ρ_max bounds the
 memory at an effective window of 1/(1−ρ_max) = 25 observations, ρ_min keeps at least
@@ -24,11 +28,15 @@ survives a round trip through a checkpoint unchanged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterable, Sequence
 
 import torch
 
-__all__ = ["SPOTracker", "spo_advantages"]
+from .config import KLConfig
+from .grpo import ClippedPolicyLoss
+
+__all__ = ["SPOTracker", "SPOLoss", "spo_advantages", "policy_drift"]
 
 
 def spo_advantages(rewards: torch.Tensor, baselines: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -38,6 +46,27 @@ def spo_advantages(rewards: torch.Tensor, baselines: torch.Tensor, eps: float = 
     if a.numel() < 2:
         return torch.zeros_like(a)
     return (a - a.mean()) / (a.std() + eps)
+
+
+def policy_drift(now_logp: torch.Tensor, then_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """D [B] = mean over each row's masked tokens of |log π_now − log π_then| (0 for empty rows)."""
+    m = mask.to(now_logp.dtype)
+    return ((now_logp - then_logp).abs() * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+
+@dataclass
+class SPOLoss(ClippedPolicyLoss):
+    """SPO's objective: the clipped policy loss (+ KL) on tracker-baseline advantages."""
+
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.01))
+
+    def compute_advantages(self, rewards: torch.Tensor, baselines: torch.Tensor,
+                           old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A = r − v normalised over the batch; with the KL in the reward, r is penalised first (the
+        tracker still sees the raw success)."""
+        rewards = self.penalized_rewards(rewards.float(), old_logp, ref_logp, mask)
+        return spo_advantages(rewards, baselines)
 
 
 class SPOTracker:
@@ -65,7 +94,7 @@ class SPOTracker:
         self.n0 = float(n0) if n0 is not None else 1.0 / (1.0 - self.rho_min)
         self.weight_floor = float(weight_floor)
         self._ab: dict[str, list[float]] = {}      # key -> [alpha, beta]
-        self._last_logp: dict[str, float] = {}     # key -> mean logp when last seen
+        self._memory: dict[str, tuple[list[int], list[int], list[float]]] = {}  # key -> last response
 
     # ------------------------------------------------------------------ reads
     @staticmethod
@@ -103,21 +132,10 @@ class SPOTracker:
         d = torch.as_tensor(drift, dtype=torch.float64)
         return torch.pow(2.0, -d / self.d_half).clamp(self.rho_min, self.rho_max)
 
-    def drift(self, keys: Sequence[Hashable], mean_logp: torch.Tensor | Sequence[float],
-              record: bool = True) -> torch.Tensor:
-        """D = |mean_logp − mean_logp when the key was last seen| per row ([B] float32), 0 for a
-        key not seen before. With ``record`` (default) the new values are stored; a key that
-        appears twice in one call is compared with its previous row."""
-        vals = [float(x) for x in torch.as_tensor(mean_logp, dtype=torch.float64).reshape(-1).tolist()]
-        if len(vals) != len(keys):
-            raise ValueError(f"{len(keys)} keys but {len(vals)} mean_logp values")
-        out = []
-        seen = dict(self._last_logp) if not record else self._last_logp
-        for k, x in zip(keys, vals):
-            sk = self._key(k)
-            out.append(abs(x - seen[sk]) if sk in seen else 0.0)
-            seen[sk] = x
-        return torch.tensor(out, dtype=torch.float32)
+    def remembered(self, key: Hashable) -> tuple[list[int], list[int], list[float]] | None:
+        """(prompt ids, response ids, response logprobs at sampling) of the key's last visit."""
+        got = self._memory.get(self._key(key))
+        return None if got is None else (list(got[0]), list(got[1]), list(got[2]))
 
     # ------------------------------------------------------------------ writes
     def update(self, keys: Sequence[Hashable], rewards: torch.Tensor | Sequence[float],
@@ -135,6 +153,15 @@ class SPOTracker:
             a, b = self.params(k)
             self._ab[self._key(k)] = [p * a + rr, p * b + (1.0 - rr)]
 
+    def remember(self, key: Hashable, prompt_ids: Sequence[int], response_ids: Sequence[int],
+                 logp: Sequence[float]) -> None:
+        """Store this visit's response (unpadded ids) and its logprobs under the sampling policy: the
+        next visit rescores it to measure the policy's drift."""
+        if len(response_ids) != len(logp):
+            raise ValueError(f"{len(response_ids)} response tokens but {len(logp)} logprobs")
+        self._memory[self._key(key)] = ([int(t) for t in prompt_ids], [int(t) for t in response_ids],
+                                        [float(x) for x in logp])
+
     def init_from_samples(self, key: Hashable, rewards: Iterable[float], n0: float | None = None) -> None:
         """Offline initialisation from a few sampled rewards in [0, 1]:
         α = n0·mean, β = n0·(1 − mean) (n0 defaults to the tracker's ``n0``)."""
@@ -151,13 +178,13 @@ class SPOTracker:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (config + per-key α, β and last mean logp)."""
+        """Plain JSON-able dict (config, per-key α, β and last response with its logprobs)."""
         return {
-            "version": 1,
+            "version": 2,
             "config": {"d_half": self.d_half, "rho_min": self.rho_min, "rho_max": self.rho_max,
                        "prior": list(self.prior), "n0": self.n0, "weight_floor": self.weight_floor},
             "ab": {k: list(v) for k, v in self._ab.items()},
-            "last_logp": dict(self._last_logp),
+            "memory": {k: [list(p), list(r), list(lp)] for k, (p, r, lp) in self._memory.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,7 +196,8 @@ class SPOTracker:
         self.n0 = float(cfg.get("n0", self.n0))
         self.weight_floor = float(cfg.get("weight_floor", self.weight_floor))
         self._ab = {str(k): [float(v[0]), float(v[1])] for k, v in state.get("ab", {}).items()}
-        self._last_logp = {str(k): float(v) for k, v in state.get("last_logp", {}).items()}
+        self._memory = {str(k): ([int(t) for t in v[0]], [int(t) for t in v[1]], [float(x) for x in v[2]])
+                        for k, v in state.get("memory", {}).items()}
         for k, (a, b) in self._ab.items():
             if not (math.isfinite(a) and math.isfinite(b)) or a < 0 or b < 0:
                 raise ValueError(f"bad SPO tracker state for key {k!r}: alpha={a}, beta={b}")
