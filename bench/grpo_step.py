@@ -10,8 +10,8 @@ updates per batch (ours: epochs x minibatches; TRL: steps_per_generation = minib
 num_iterations = epochs, per_device_train_batch_size = rows / minibatches). Both recompute old
 logprobs and reference logprobs before the updates.
 
-Ours: LearnerActor (learner.rl_recipe.make_learner), one RolloutActor, one RewardActor with
-learner.rl_recipe.placement() CPU shares and threads = all cores (as start_actors), on a local Ray
+Ours: LearnerActor (rl.recipe.make_learner), one RolloutActor, one RewardActor with
+rl.ray_session.placement() CPU shares and threads = all cores (as start_actors), on a local Ray
 (`ray.init(address="local", num_cpus=2)`). A step is the body of RLDriver.run() in steady state:
 publish weights (learner.weights.remote) -> rollout.generate (waits for that ref, loads it) ->
 reward.score -> learner.train_step; the driver only moves refs and gets stats.
@@ -47,8 +47,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
 sys.path.insert(0, str(ROOT))
 # Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
-# (bounded spinning; minimind/omp.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
-from minimind.omp import openmp_env, set_openmp_env  # noqa: E402
+# (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
+from runtime import openmp_env, set_openmp_env  # noqa: E402
 
 set_openmp_env(overlapping=False)
 
@@ -120,15 +120,15 @@ def actor_memory(actor) -> dict:
         import resource as _r
         with open("/proc/self/statm") as f:
             rss = int(f.read().split()[1]) * _os.sysconf("SC_PAGE_SIZE") / 2**20
-        alloc = sys.modules.get("rollout.alloc")
+        alloc = sys.modules.get("runtime.process")
         return {"pid": _os.getpid(), "peak_rss_mb": round(_r.getrusage(_r.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "rss_mb": round(rss, 1), "malloc_tuned": bool(getattr(alloc, "_done", False))}
+                "rss_mb": round(rss, 1), "malloc_tuned": bool(alloc and alloc.tune_malloc())}
 
     return ray.get(actor.__ray_call__.remote(probe), timeout=120)
 
 
 class Ours:
-    """Learner / rollout / reward actors as learner.rl_recipe.start_actors builds them (rollout:
+    """Learner / rollout / reward actors as rl.recipe.start_actors builds them (rollout:
     NoStopRolloutWorker), driven with RLDriver's own methods."""
 
     def __init__(self, args, init_dir: Path, tok_dir: Path, prompts: list[dict]):
@@ -136,25 +136,31 @@ class Ours:
 
         from learner.actor import LearnerActor
         from learner.config import OptimConfig
-        from learner.losses import GRPOLoss
-        from learner.rl_recipe import MathRLConfig, make_learner, placement, policy_config
-        from learner.rl_stages import RLUpdateConfig
+        from learner.losses import ClipConfig, GRPOLoss, KLConfig
+        from learner.stages import RLUpdateConfig
+        from minimind.generate import SamplingParams
         from reward.actor import RewardActor, RewardConfig
-        from rollout.driver import DriverConfig, RLDriver
+        from rl.actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+        from rl.config import GRPOMathConfig
+        from rl.driver import DriverConfig, RLDriver
+        from rl.ray_session import placement
+        from rl.recipe import make_learner, policy_config
+        from rl.samplers import ShuffleSampler
         from rollout.worker import RolloutConfig
 
-        cfg = MathRLConfig(
-            algo="grpo", init=str(init_dir), tokenizer=str(tok_dir), threads=0, seed=args.seed,
+        cfg = GRPOMathConfig(
+            init=str(init_dir), tokenizer=str(tok_dir), threads=0, seed=args.seed,
             optim=OptimConfig(lr=LR, warmup_steps=0, total_steps=10**6, min_lr_ratio=1.0, weight_decay=0.0,
                               beta1=0.9, beta2=0.95, grad_clip=1.0),
-            rollout=RolloutConfig(group_size=args.group, max_new_tokens=args.new_tokens, temperature=1.0,
-                                  top_p=1.0, top_k=0, seed=args.seed),
+            rollout=RolloutConfig(SamplingParams(n=args.group, max_new_tokens=args.new_tokens, temperature=1.0,
+                                                 top_p=1.0, top_k=0)),
             reward=RewardConfig(),  # math 1.0 + format 0.1 (rule_reward)
-            driver=DriverConfig(steps=10**6, prompts_per_step=args.prompts, seed=args.seed),
+            driver=DriverConfig(steps=10**6, prompts_per_step=args.prompts),
             update=RLUpdateConfig(epochs=args.epochs, minibatches=args.minibatches),
-            grpo=GRPOLoss(kl_coef=args.beta, eps_low=0.2, eps_high=0.28, agg_mode="token-mean", adv_scale="group"))
+            grpo=GRPOLoss(clip=ClipConfig(eps_low=0.2, eps_high=0.28, agg_mode="token-mean"),
+                          kl=KLConfig(coef=args.beta), adv_scale="group"))
         self.cfg = cfg
-        res = placement(cfg, "cpu")
+        res = placement("cpu", 1, 1, reward_on_gpu=False)
         threads = os.cpu_count() or 1
         model_cfg = policy_config(init_dir).to_dict()  # as start_actors: config.json, no weights
         self.learner = LearnerActor.options(name="bench-learner", **res["learner"]).remote(
@@ -164,23 +170,17 @@ class Ours:
             .remote(cfg.rollout, model_cfg, str(tok_dir), device="cpu", worker_index=0, threads=threads)
         self.reward = RewardActor.options(name="bench-reward-0", **res["reward"], **restart).remote(cfg.reward)
         ray.get([self.learner.version.remote(), self.rollout.ping.remote(), self.reward.ping.remote()], timeout=300)
-        self.driver = RLDriver(cfg.driver, self.learner, [self.rollout], [self.reward], prompts, [])
+        groups = ActorGroups(LearnerGroup(self.learner), RolloutGroup([self.rollout]), RewardGroup([self.reward]))
+        self.driver = RLDriver(cfg.driver, groups, prompts, [], ShuffleSampler(len(prompts), args.seed), args.seed)
         self.rows = args.prompts * args.group
         self.steps: list[dict] = []
 
     def step(self) -> dict:
-        """RLDriver.run()'s loop body, on-policy: publish weights -> rollout -> reward -> train."""
-        import ray
-
-        d = self.driver
-        t0 = time.perf_counter()
-        if d.step > 0:
-            d._sync_weights()  # learner.weights.remote(version): what run() does after each update
-        scored = d._launch(d._next_prompts(self.cfg.driver.prompts_per_step))
-        stats = ray.get(self.learner.train_step.remote(*scored))
-        d.step += 1
-        wall = time.perf_counter() - t0
-        assert stats["rows"] == self.rows and stats["response_length"] == self.cfg.rollout.max_new_tokens, stats
+        """One RLDriver step, on-policy: train on the batch in flight, publish weights, launch the next
+        rollout -> reward (the first call launches its own batch first)."""
+        stats = self.driver.step()
+        wall = stats["step_seconds"]
+        assert stats["rows"] == self.rows and stats["response_length"] == self.cfg.rollout.sampling.max_new_tokens, stats
         ref = float(stats.get("reference_seconds", 0.0))
         ph = {"weight_sync": stats["weight_sync_seconds"], "generate": stats["generate_seconds"],
               "reward": stats["reward_seconds"], "reference": ref, "learn": stats["learn_seconds"] - ref}
@@ -379,7 +379,7 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=6400, help="tokenizer (and model) vocabulary")
     p.add_argument("--no-trl", action="store_true", help="only our side")
     p.add_argument("--trl-malloc-tuned", action="store_true",
-                   help="also give TRL's process (this one) our actors' malloc tuning (rollout/alloc.py)")
+                   help="also give TRL's process (this one) our actors' malloc tuning (runtime/process.py)")
     args = p.parse_args()
     setup(args)
     presets = (args.presets or ("tiny" if args.quick else "tiny,demo")).split(",")
@@ -390,7 +390,7 @@ def main() -> None:
 
     trl_malloc = False
     if args.trl_malloc_tuned:
-        from rollout.alloc import tune_malloc
+        from runtime import tune_malloc
         trl_malloc = tune_malloc()
     t0 = time.perf_counter()
     tok = train_tokenizer(tokenizer_corpus(), vocab_size=args.vocab)
@@ -409,7 +409,7 @@ def main() -> None:
                         "sampling": "temperature 1, top_k 0, top_p 1, no stop token (exactly new_tokens)",
                         "optimizer": f"AdamW lr {LR} const, betas (0.9,0.95), wd 0, clip 1.0",
                         "loss": "clip 0.2/0.28, token-mean (TRL dapo), group-scaled advantages, k3 KL in loss",
-                        "ours": "LearnerActor + RolloutActor + RewardActor, rl_recipe placement/threads, "
+                        "ours": "LearnerActor + RolloutActor + RewardActor, rl.ray_session placement/threads, "
                                 "local Ray (num_cpus = cores)"},
               "results": []}
     try:

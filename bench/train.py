@@ -25,8 +25,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
 sys.path.insert(0, str(ROOT))
 # Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
-# (bounded spinning; minimind/omp.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
-from minimind.omp import set_openmp_env  # noqa: E402
+# (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
+from runtime import set_openmp_env  # noqa: E402
 
 set_openmp_env(overlapping=False)
 

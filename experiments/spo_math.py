@@ -17,11 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from learner.rl_recipe import cli_main  # noqa: E402
+from rl.config import SPOMathConfig  # noqa: E402
+from rl.recipe import cli_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main("spo", argv)
+    return cli_main(SPOMathConfig, argv)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import ray
 import torch
 
-from rollout.alloc import tune_malloc
-from rollout.batch import RolloutBatch
+from rl.batch import RolloutBatch
+from runtime import tune_malloc
 
 
 def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
@@ -33,7 +33,7 @@ class LearnerWorker:
     """Builds its Learner on the actor from a factory (so the model is created where it trains)."""
 
     def __init__(self, factory: Callable[[], Any], threads: int = 0):
-        tune_malloc()  # reuse freed [B, R, V] buffers instead of mmap/munmap per step (rollout/alloc.py)
+        tune_malloc()  # reuse freed [B, R, V] buffers instead of mmap/munmap per step
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.learner = factory()
@@ -41,13 +41,14 @@ class LearnerWorker:
         self.dirty = False    # trained since that publication
 
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
-        batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
         # Sampled with weights other than the current ones (off-policy, or after a refill): the
         # rollout's own logprobs are the behaviour policy, so they become the PPO "old".
-        batch.meta["stale"] = self.dirty or any(b.policy_version != self.published for b in batches)
+        stale = self.dirty or any(b.policy_version != self.published for b in batches)
+        batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
+        batch.stale = stale
         stats = self.learner.train_step(batch)
         self.dirty = self.dirty or stats.get("updates", 0) > 0
-        stats["stale"] = float(batch.meta["stale"])
+        stats["stale"] = float(stale)
         stats.update(rollout_stats(batches))
         stats["version"] = self.learner.version
         return stats
@@ -61,12 +62,26 @@ class LearnerWorker:
     def version(self) -> int:
         return self.learner.version
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Small control-plane calls (checkpoint, tracker weights) without one wrapper each."""
-        target = self.learner
-        for part in method.split("."):
-            target = getattr(target, part)
-        return target(*args, **kwargs)
+    def save_checkpoint(self, path: str, extra: dict) -> str:
+        """Learner, optimizer, RNG and stage state + the driver's `extra` (atomic)."""
+        return str(self.learner.save_checkpoint(path, extra))
+
+    def load_checkpoint(self, path: str) -> dict:
+        """Restore a checkpoint; returns the driver's `extra`."""
+        return self.learner.load_checkpoint(path)
+
+    def _tracker_stage(self) -> Any:
+        if not hasattr(self.learner.stage, "tracker"):
+            raise TypeError(f"stage {self.learner.stage.name!r} has no SPO tracker")
+        return self.learner.stage
+
+    def sampling_weights(self, keys: list[str]) -> list[float]:
+        """SPO: prompt sampling weights from the learner's tracker."""
+        return self._tracker_stage().tracker.sampling_weights(keys).tolist()
+
+    def init_tracker(self, rewards_by_key: dict[str, list[float]]) -> int:
+        """SPO: offline tracker initialisation from a few rewards per prompt."""
+        return self._tracker_stage().init_tracker(rewards_by_key)
 
 
 LearnerActor = ray.remote(LearnerWorker)

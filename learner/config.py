@@ -1,6 +1,7 @@
 """Optimisation settings shared by every stage."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -17,8 +18,8 @@ class OptimConfig:
     """AdamW beta2."""
     warmup_steps: int = 10
     """Linear warmup from 0 over this many optimizer updates."""
-    total_steps: int = 1000
-    """Updates over which the cosine decays from lr to min_lr_ratio * lr."""
+    total_steps: int = 0
+    """Updates over which the cosine decays from lr to min_lr_ratio * lr (0: the run's update count)."""
     min_lr_ratio: float = 0.1
     """Floor of the cosine schedule as a fraction of lr."""
     grad_clip: float = 1.0
@@ -35,7 +36,7 @@ class OptimConfig:
             "beta1": 0 <= self.beta1 < 1,
             "beta2": 0 <= self.beta2 < 1,
             "warmup_steps": self.warmup_steps >= 0,
-            "total_steps": self.total_steps >= 1,
+            "total_steps": self.total_steps >= 0,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
             "grad_clip": self.grad_clip >= 0,
             "micro_batch_size": self.micro_batch_size >= 0,
@@ -43,13 +44,17 @@ class OptimConfig:
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"OptimConfig.{name}={getattr(self, name)!r} is out of range")
+                raise ValueError(f"--optim.{name.replace('_', '-')}={getattr(self, name)!r} is out of range")
+
+    def for_run(self, updates: int) -> "OptimConfig":
+        """This config with the schedule spanning `updates` when total_steps is 0 (the default)."""
+        return self if self.total_steps else dataclasses.replace(self, total_steps=max(1, updates))
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer update `step` (0-based): linear warmup, cosine to a floor."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        span = max(1, self.total_steps - self.warmup_steps)
+        span = max(1, (self.total_steps or 1) - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / span)
         floor = self.lr * self.min_lr_ratio
         return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

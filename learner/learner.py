@@ -1,10 +1,11 @@
 """Learner: the one training loop every stage plugs into.
 
-A `Stage` turns a batch into optimizer updates: `updates(learner, batch)` yields, for each
-optimizer update, a list of micro-batches; `loss(learner, micro)` returns (loss, stats). Losses
-are normalised by full-(mini)batch counts carried in each micro-batch, so summing micro-batch
-gradients gives exactly the big-batch gradient. Supervised stages yield one update per batch;
-RL stages compute their experience once and yield epochs x minibatches updates.
+A `Stage` turns a batch into a `StepPlan`: the optimizer updates (each a list of micro-batches) and
+the batch's stats; `loss(learner, micro)` returns (loss, stats). Losses are normalised by
+full-(mini)batch counts carried in each micro-batch, so summing micro-batch gradients gives exactly
+the big-batch gradient. Supervised stages plan one update per batch; RL stages compute their
+experience once and plan epochs x minibatches updates. A stage never writes into the learner: what
+it reports is in its plan and its loss stats, reduced once per step by token count.
 
 The Learner owns the model(s), AdamW, the schedule, clipping, autocast, the non-finite guard and
 checkpoints (model + optimizer + step + RNG + stage state + caller's data position).
@@ -15,11 +16,13 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import safetensors.torch
@@ -35,15 +38,56 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive non-finite steps; the message names the step and what was restored."""
 
 
+@dataclass
+class StepPlan:
+    """What a stage makes of one batch: the optimizer updates to run (each a list of micro-batches
+    whose gradients add up to the update's), the batch-level stats, and whether a filtering stage
+    needs more rollouts before it can train (the driver then sends another batch for the same step)."""
+    updates: Iterable[list[Any]]
+    stats: dict[str, float] = field(default_factory=dict)
+    need_more: bool = False
+
+
 class Stage(Protocol):
     name: str
     max_sane_lr: float
 
     def trainable(self, learner: "Learner") -> list[nn.Module]: ...
-    def updates(self, learner: "Learner", batch: Any) -> Iterator[list[dict]]: ...
-    def loss(self, learner: "Learner", micro: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def plan(self, learner: "Learner", batch: Any) -> StepPlan: ...
+    def loss(self, learner: "Learner", micro: Any) -> tuple[torch.Tensor, dict[str, float]]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+MAX_STATS = frozenset({"logprob_gap"})
+"""Stats reduced by max over a step (a bound), not by token-weighted mean."""
+
+
+def micro_tokens(micro: Any) -> float:
+    """The weight of a micro-batch's stats: its loss-carrying tokens (rows for pairwise losses)."""
+    return float(micro.tokens if hasattr(micro, "tokens") else micro["tokens"])
+
+
+class StatReducer:
+    """Stats of every micro-batch of a step, reduced once: token-weighted means (max for MAX_STATS)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.maxes: dict[str, float] = {}
+
+    def add(self, stats: dict[str, float], tokens: float) -> None:
+        for k, v in stats.items():
+            if k in MAX_STATS:
+                self.maxes[k] = max(self.maxes.get(k, -math.inf), float(v))
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + tokens * float(v)
+                self.weights[k] = self.weights.get(k, 0.0) + tokens
+
+    def result(self) -> dict[str, float]:
+        out = {k: v / self.weights[k] if self.weights[k] > 0 else 0.0 for k, v in self.sums.items()}
+        out.update(self.maxes)
+        return out
 
 
 def split_rows(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
@@ -75,17 +119,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+COMPLETE_MARK = "extra.json"
+"""Written last into a checkpoint folder: its presence means every other file is complete."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The newest complete checkpoint at `path`: the folder itself, or what a save interrupted by a
+    crash left beside it (`.tmp` fully written but not renamed, `.old` moved aside)."""
+    path = Path(path)
+    complete = [c for c in (path, path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old"))
+                if (c / COMPLETE_MARK).is_file() and (c / "trainer_state.pt").is_file()]
+    return max(complete, key=lambda c: (c / COMPLETE_MARK).stat().st_mtime_ns, default=None)
+
+
 class Learner:
     def __init__(self, model: nn.Module, stage: Stage, optim: OptimConfig | None = None,
                  ref_model: nn.Module | None = None, critic: nn.Module | None = None,
-                 device: str | torch.device = "cpu", run_dir: str | Path | None = None):
+                 device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.ref_model = ref_model.to(self.device).eval().requires_grad_(False) if ref_model is not None else None
         self.critic = critic.to(self.device) if critic is not None else None
         self.stage = stage
         self.optim_cfg = optim or OptimConfig()
-        self.run_dir = Path(run_dir) if run_dir else None
         self.step = 0              # optimizer updates done
         self.version = 0           # bumped on every update: the policy version rollouts quote
         self.bad_steps = 0
@@ -124,53 +188,54 @@ class Learner:
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: Any) -> dict[str, float]:
-        """All optimizer updates the stage derives from `batch`; returns averaged stats."""
+        """All optimizer updates the stage plans for `batch`; returns the step's stats."""
         t0 = time.perf_counter()
         self.model.train()
         if self.critic is not None:
             self.critic.train()
-        self.last_stats: dict[str, float] = {}   # batch-level stats a stage reports (reward, kl, ...)
-        self.need_more = False                    # a filtering stage asks the driver for more rollouts
-        totals: dict[str, float] = {}
-        n_updates = 0
-        for micro_batches in self.stage.updates(self, batch):
-            stats = self._update(micro_batches)
-            n_updates += 1
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0.0) + v
-        out = {k: v / max(n_updates, 1) for k, v in totals.items()}
-        out.update(self.last_stats)
-        out.update(need_more=float(self.need_more), updates=n_updates, lr=self.optimizer.param_groups[0]["lr"],
-                   learn_seconds=time.perf_counter() - t0, step=self.step)
+        plan = self.stage.plan(self, batch)
+        reducer = StatReducer()
+        losses, norms, skipped = [], [], 0
+        for micro_batches in plan.updates:
+            loss, grad_norm, ok = self._update(micro_batches, reducer)
+            losses.append(loss)
+            norms.append(grad_norm)
+            skipped += not ok
+        out = reducer.result()
+        out.update(plan.stats)
+        if losses:
+            out.update(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms))
+        if skipped:
+            out["skipped"] = float(skipped)
+        out.update(need_more=float(plan.need_more), updates=len(losses) - skipped,
+                   lr=self.optimizer.param_groups[0]["lr"], learn_seconds=time.perf_counter() - t0, step=self.step)
         return out
 
-    def _update(self, micro_batches: list[dict]) -> dict[str, float]:
+    def _update(self, micro_batches: list[Any], reducer: StatReducer) -> tuple[float, float, bool]:
+        """One optimizer update from the summed micro-batch gradients: (loss, grad norm, applied)."""
         for g in self.optimizer.param_groups:
             g["lr"] = self.optim_cfg.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
         loss_total = 0.0
         for micro in micro_batches:
             with self.autocast():
                 loss, stats = self.stage.loss(self, micro)
             loss.backward()
             loss_total += float(loss.detach())
-            w = micro.get("weight", 1.0 / len(micro_batches))
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + w * float(v)
+            reducer.add(stats, micro_tokens(micro))
         params = self.params()
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
-            return self._bad_step(loss_total, grad_norm)
+            self._bad_step(loss_total, grad_norm)
+            return loss_total, grad_norm, False
         self.optimizer.step()
         self.bad_steps = 0
         self.step += 1
         self.version += 1
-        sums.update(loss=loss_total, grad_norm=grad_norm)
-        return sums
+        return loss_total, grad_norm, True
 
-    def _bad_step(self, loss: float, grad_norm: float) -> dict[str, float]:
+    def _bad_step(self, loss: float, grad_norm: float) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_steps += 1
         log.warning("step %d: non-finite loss=%s grad_norm=%s, update skipped (%d in a row)",
@@ -184,7 +249,6 @@ class Learner:
             raise TrainingDiverged(
                 f"{self.optim_cfg.max_bad_steps} consecutive non-finite steps ending at step {at} "
                 f"(loss={loss}, grad_norm={grad_norm}); restored {restored}. Lower the lr or check the data.")
-        return {"skipped": 1.0, "loss": loss, "grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ helpers for stages
     def weights(self) -> dict[str, torch.Tensor]:
@@ -193,10 +257,14 @@ class Learner:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, path: str | Path, extra: dict | None = None) -> Path:
-        """model(s) as safetensors + optimizer/step/RNG/stage/extra as a weights-only torch file."""
+        """model(s) as safetensors + optimizer/step/RNG/stage/extra as a weights-only torch file.
+        Atomic: written beside (`<path>.tmp`, every file fsync'd, `extra.json` last marks it
+        complete), then renamed into place; a crash at any point leaves a complete checkpoint that
+        `find_checkpoint` finds."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         # safetensors' save_model dedupes tied tensors and works for any module (LoRA-wrapped too)
         safetensors.torch.save_model(self.model, str(tmp / "model.safetensors"))
         if self.critic is not None:
@@ -205,14 +273,19 @@ class Learner:
             "optimizer": self.optimizer.state_dict(), "step": self.step, "version": self.version,
             "rng": rng_state(), "stage": self.stage.state_dict(),
         }, tmp / "trainer_state.pt")
-        (tmp / "extra.json").write_text(json.dumps(extra or {}))
-        if path.exists():  # replace atomically-enough: never leave a half-written checkpoint behind
+        for f in tmp.iterdir():
+            _fsync(f)
+        (tmp / COMPLETE_MARK).write_text(json.dumps(extra or {}))
+        _fsync(tmp / COMPLETE_MARK)
+        if path.exists():
             old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
             tmp.rename(path)
             shutil.rmtree(old)
         else:
             tmp.rename(path)
+        _fsync(path.parent)
         self.last_good_ckpt = path
         return path
 
@@ -220,10 +293,11 @@ class Learner:
         """Restore everything save_checkpoint wrote; returns the caller's `extra` dict."""
         from minimind.checkpoint import CheckpointError
 
-        path = Path(path)
+        found = find_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"no complete learner checkpoint at {path} (nor {path}.old / {path}.tmp)")
+        path = found
         state_file = path / "trainer_state.pt"
-        if not state_file.exists():
-            raise CheckpointError(f"{state_file}: missing (not a learner checkpoint?)")
         for module, name in ((self.model, "model"), (self.critic, "critic")):
             if module is None:
                 continue
@@ -239,4 +313,4 @@ class Learner:
         self.stage.load_state_dict(state["stage"])
         self.last_good_ckpt = path
         self.bad_steps = 0
-        return json.loads((path / "extra.json").read_text())
+        return json.loads((path / COMPLETE_MARK).read_text())

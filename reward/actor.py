@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import ray
 import torch
 
-from rollout.batch import RolloutBatch
+from rl.batch import RolloutBatch
 
 from .scorers import CombinedScorer, Component, FormatScorer, MathVerifierScorer, RewardModelScorer
 from .verifier import AnswerMode

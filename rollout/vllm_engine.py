@@ -19,7 +19,7 @@ the cache is reset after each load: no KV computed with old weights is ever reus
 
 dtype: float32 on CPU (then the engine's logprobs equal our fp32 learner's to ~1e-6 and greedy
 outputs match the native engine), bfloat16 on CUDA (logprob gap ~3e-3 mean, 2e-2 max, measured with the CPU build in bf16;
-set RLUpdateConfig.use_rollout_logprobs=False, the default, so the learner recomputes old logprobs).
+with --update.use-rollout-logprobs false, the default,, so the learner recomputes old logprobs).
 """
 from __future__ import annotations
 
@@ -35,8 +35,6 @@ from minimind.checkpoint import export_hf
 from minimind.config import MiniMindConfig
 from minimind.generate import GenerationOutput, SamplingParams, left_pad
 from minimind.model import MiniMindForCausalLM
-
-from .worker import register_engine
 
 CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 """Head sizes of vLLM 0.32's CPU attention backend (the 'demo' preset has 32, minimind2-small 64)."""
@@ -83,6 +81,10 @@ class VLLMEngine:
         self.dtype = dtype or ("float32" if self.device.type == "cpu" else "bfloat16")
         kwargs = dict(model=self.dir, dtype=self.dtype, enforce_eager=True, skip_tokenizer_init=True,
                       logprobs_mode="processed_logprobs", enable_prefix_caching=False, seed=seed,
+                      # a seeded request whose prefill is split over two engine steps makes vLLM 0.32
+                      # rewind its generator, which the CPU generator refuses ("CPU Generator does not
+                      # use offset"): schedule whole prompts only (each fits: max_model_len <= budget)
+                      enable_chunked_prefill=False,
                       max_model_len=max_model_len or min(model_cfg.max_position_embeddings, 2048))
         if self.device.type == "cuda":
             # one GPU shared with the learner: take a fraction (see docs/cluster_and_monitoring.md)
@@ -160,5 +162,3 @@ class VLLMEngine:
         except Exception:
             pass
 
-
-register_engine("vllm", VLLMEngine)

@@ -1,81 +1,58 @@
 """RolloutWorker: a policy copy + a generation engine, as a Ray actor.
 
     worker = RolloutActor.options(num_cpus=1, name="rollout-0").remote(RolloutConfig(...), model_cfg, tok_dir)
-    gen_ref = worker.generate.remote(prompts, [weights_ref], version)
+    gen_ref = worker.generate.remote(prompts, [weights_ref], version, seed)
 
 Weights travel as ONE object-store ref per policy version. It is passed wrapped in a list so
 Ray does not fetch it on every call: the worker calls `ray.get` only when the version changed.
+The seed of each call comes from the driver (derived from the run's --seed, the worker and the
+call), so a restarted or resumed worker samples exactly what the original would have.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import ray
 import torch
 
 from minimind.config import MiniMindConfig
-from minimind.generate import SamplingParams, generate
-from minimind.model import MiniMindForCausalLM
+from minimind.generate import SamplingParams
 from minimind.tokenizer import MiniMindTokenizer
+from rl.batch import RolloutBatch
+from runtime import tune_malloc
 
-from .alloc import tune_malloc
-from .batch import RolloutBatch
+from .engines import EngineName, make_engine
 
 
 @dataclass
 class RolloutConfig:
-    group_size: int = 8
-    """G: completions per prompt."""
-    max_new_tokens: int = 64
-    """Longest response in tokens."""
-    temperature: float = 1.0
-    """Sampling temperature (the learner recomputes logprobs at the same one)."""
-    top_p: float = 1.0
-    """Nucleus mass; 1 for RL so the logprobs are those of the full softmax."""
-    top_k: int = 0
-    """0 for RL (see top_p)."""
-    engine: str = "native"
-    """Generation backend: native (minimind.generate) or vllm."""
-    seed: int = 0
-    """Base seed; each call uses seed + call index so resamples differ."""
+    deprecated_flags: ClassVar[dict[str, str]] = {
+        "group_size": "sampling.n", "max_new_tokens": "sampling.max_new_tokens",
+        "temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k"}
+
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, max_new_tokens=64))
+    """How the policy samples: n is the group size G; temperature, top-p/top-k (1.0 / 0 for RL, so
+    the logprobs are those of the full softmax). The tokenizer's end-of-turn token always stops a
+    response; seeds come from the run's --seed."""
+    engine: EngineName = "native"
+    """Generation backend: native (minimind.generate) or vllm (optional dependency)."""
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"RolloutConfig.engine={self.engine!r}: choose one of {sorted(ENGINES)}")
-        if self.group_size < 1:
-            raise ValueError(f"RolloutConfig.group_size={self.group_size}: must be >= 1")
-
-
-class NativeEngine:
-    """minimind.generate on a MiniMindForCausalLM held by the worker."""
-
-    name = "native"
-
-    def __init__(self, model_cfg: MiniMindConfig, device: str):
-        self.device = torch.device(device)
-        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = MiniMindForCausalLM(model_cfg).to(self.device, dtype).eval()
-
-    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state, strict=True)
-
-    def generate(self, token_lists: list[list[int]], params: SamplingParams, pad_id: int):
-        return generate(self.model, token_lists, params, pad_id=pad_id)
-
-
-ENGINES: dict[str, Callable[..., Any]] = {"native": NativeEngine}
-
-
-def register_engine(name: str, factory: Callable[..., Any]) -> None:
-    ENGINES[name] = factory
+        if self.sampling.seed is not None:
+            raise ValueError("--rollout.sampling.seed: rollout seeds derive from the run's --seed (per worker "
+                             "and call); set --seed instead")
+        if self.sampling.temperature <= 0:
+            raise ValueError(f"--rollout.sampling.temperature={self.sampling.temperature}: RL samples its "
+                             f"training rollouts, so it needs a temperature > 0 (greedy evaluation is separate)")
 
 
 class RolloutWorker:
     def __init__(self, cfg: RolloutConfig, model_cfg: MiniMindConfig | dict, tokenizer_dir: str,
                  device: str | None = None, worker_index: int = 0, threads: int = 0):
-        tune_malloc()  # reuse freed logits/KV buffers instead of mmap/munmap per call (rollout/alloc.py)
+        tune_malloc()  # reuse freed logits/KV buffers instead of mmap/munmap per call
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         if isinstance(model_cfg, dict):
@@ -83,11 +60,8 @@ class RolloutWorker:
         self.cfg = cfg
         self.tok = MiniMindTokenizer.load(tokenizer_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if cfg.engine == "vllm":
-            from .vllm_engine import VLLMEngine  # noqa: F401  (registers itself; optional dependency)
-        self.engine = ENGINES[cfg.engine](model_cfg, device)
+        self.engine = make_engine(cfg.engine, model_cfg, device)
         self.version = -1
-        self.calls = 0
         self.index = worker_index
 
     def set_weights(self, weights: list, version: int) -> float:
@@ -102,22 +76,15 @@ class RolloutWorker:
         self.version = version
         return time.perf_counter() - t0
 
-    def generate(self, prompts: list[dict], weights: list, version: int,
+    def generate(self, prompts: list[dict], weights: list, version: int, seed: int,
                  sampling: dict | None = None) -> RolloutBatch:
         """prompts: [{"prompt": chat-templated text, "key": str, "answer": str, "uid": int}].
-        `sampling` overrides RolloutConfig fields for this call (e.g. greedy evaluation, n=1)."""
+        `sampling` overrides SamplingParams fields for this call (e.g. greedy evaluation, n=1)."""
         sync_s = self.set_weights(weights, version)
-        over = dict(sampling or {})
-        n = over.pop("n", self.cfg.group_size)
-        params = SamplingParams(
-            max_new_tokens=over.pop("max_new_tokens", self.cfg.max_new_tokens),
-            temperature=over.pop("temperature", self.cfg.temperature),
-            top_p=over.pop("top_p", self.cfg.top_p), top_k=over.pop("top_k", self.cfg.top_k),
-            n=n, stop_token_ids=(self.tok.eos_id,),
-            seed=self.cfg.seed * 100_003 + self.index * 10_007 + self.calls)
-        if over:
-            raise ValueError(f"unknown sampling overrides: {sorted(over)}")
-        self.calls += 1
+        params = dataclasses.replace(self.cfg.sampling, **(sampling or {}), seed=seed,
+                                     stop_token_ids=tuple(sorted({*self.cfg.sampling.stop_token_ids,
+                                                                  self.tok.eos_id})))
+        n = params.n
         token_lists = [self.tok.encode(p["prompt"]) for p in prompts]
         out = self.engine.generate(token_lists, params, self.tok.pad_id)
         rep = lambda xs: [x for x in xs for _ in range(n)]  # noqa: E731  (row = prompt i, sample j)
@@ -128,7 +95,7 @@ class RolloutWorker:
             logprobs=out.logprobs.float(),
             group_uid=torch.tensor(rep([int(p["uid"]) for p in prompts]), dtype=torch.long),
             prompt_keys=rep([p["key"] for p in prompts]), answers=rep([p.get("answer", "") for p in prompts]),
-            response_text=texts, policy_version=version,
+            response_text=texts, temperature=params.temperature, policy_version=version,
             meta={"generate_seconds": out.seconds, "weight_sync_seconds": sync_s, "new_tokens": out.new_tokens,
                   "worker": self.index, "engine": self.engine.name},
         )

@@ -53,6 +53,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def ray_cli() -> str:
+    """Ray's command line of THIS Python (a virtualenv used without activation has it next to its
+    interpreter, not on PATH)."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.is_file() else (shutil.which("ray") or "ray")
+
+
 def ray_env() -> dict[str, str]:
     """The environment for `ray start` and drivers of this cluster: no inherited RAY_ADDRESS, and
     multi-node allowed (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 would refuse the second node)."""
@@ -118,7 +125,7 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ start
     def _ray_start(self, args: list[str]) -> str:
-        out = subprocess.run(["ray", "start", *args], env=ray_env(), capture_output=True, text=True, timeout=120)
+        out = subprocess.run([ray_cli(), "start", *args], env=ray_env(), capture_output=True, text=True, timeout=120)
         text = out.stdout + out.stderr
         self.log.append(text)
         if out.returncode != 0:
@@ -157,7 +164,7 @@ def grpo_args(address: str, run_dir: Path) -> list[str]:
             '--rollout-resources={"worker_node": 0.1}', "--rollout-workers=1", "--threads=1",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
             "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=4", "--no-progress",
-            "--rollout.group-size=2", "--rollout.max-new-tokens=8", "--driver.prompts-per-step=2",
+            "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=8", "--driver.prompts-per-step=2",
             "--driver.steps=2"]
 
 

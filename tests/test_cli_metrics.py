@@ -91,14 +91,56 @@ def test_one_nested_flag_keeps_the_recipe_defaults_of_its_section(tmp_path):
 
 
 def test_math_rl_flags_keep_the_recipe_defaults():
-    from learner.rl_recipe import MathRLConfig
+    from rl.config import GRPOMathConfig
 
-    default = MathRLConfig()
-    cfg = parse_config(MathRLConfig, ["--driver.prompts-per-step", "64", "--rollout.group-size", "4",
-                                      "--grpo.kl-coef", "0.05", "--optim.lr", "5e-5"])
-    assert (cfg.driver.steps, cfg.rollout.max_new_tokens, cfg.grpo.eps_high, cfg.optim.weight_decay) == (
-        default.driver.steps, default.rollout.max_new_tokens, default.grpo.eps_high, default.optim.weight_decay)
-    assert (cfg.driver.prompts_per_step, cfg.rollout.group_size, cfg.grpo.kl_coef, cfg.optim.lr) == (64, 4, 0.05, 5e-5)
+    default = GRPOMathConfig()
+    cfg = parse_config(GRPOMathConfig, ["--driver.prompts-per-step", "64", "--rollout.sampling.n", "4",
+                                        "--grpo.kl.coef", "0.05", "--optim.lr", "5e-5"])
+    assert (cfg.driver.steps, cfg.rollout.sampling.max_new_tokens, cfg.grpo.clip.eps_high, cfg.optim.weight_decay) == (
+        default.driver.steps, default.rollout.sampling.max_new_tokens, default.grpo.clip.eps_high,
+        default.optim.weight_decay)
+    assert (cfg.driver.prompts_per_step, cfg.rollout.sampling.n, cfg.grpo.kl.coef, cfg.optim.lr) == (64, 4, 0.05, 5e-5)
+
+
+def test_renamed_flags_still_work_with_a_warning(capsys):
+    from learner.recipes import SFTConfig
+    from rl.config import GRPOMathConfig
+
+    cfg = parse_config(GRPOMathConfig, ["--rollout.group-size", "4", "--grpo.eps-high=0.3", "--grpo.kl-coef", "0"])
+    assert (cfg.rollout.sampling.n, cfg.grpo.clip.eps_high, cfg.grpo.kl.coef) == (4, 0.3, 0.0)
+    err = capsys.readouterr().err
+    assert "--rollout.group-size is deprecated" in err and "use --rollout.sampling.n" in err
+    assert "use --grpo.clip.eps-high" in err
+    sft = parse_config(SFTConfig, ["--lr", "1e-4", "--warmup-steps", "3"])
+    assert (sft.optim.lr, sft.optim.warmup_steps) == (1e-4, 3)
+    assert "use --optim.lr" in capsys.readouterr().err
+
+
+def test_help_prints_the_values_the_run_uses(capsys):
+    """Nested sections show their recipe's defaults (a default_factory's values), not their class's."""
+    from rl.config import GRPOMathConfig, PPOMathConfig
+
+    with pytest.raises(SystemExit):
+        parse_config(GRPOMathConfig, ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag, value in (("--optim.lr", "0.0001"), ("--driver.steps", "120"), ("--driver.prompts-per-step", "32"),
+                        ("--rollout.sampling.max-new-tokens", "40"), ("--optim.warmup-steps", "0"),
+                        ("--optim.weight-decay", "0.0"), ("--grpo.clip.eps-high", "0.28"), ("--grpo.kl.coef", "0.01")):
+        after = out[out.rindex(flag + " "):]
+        assert f"(default: {value})" in after[:400], (flag, after[:400])
+    with pytest.raises(SystemExit):
+        parse_config(PPOMathConfig, ["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    after = out[out.rindex("--driver.steps "):]
+    assert "(default: 60)" in after[:300]
+
+
+def test_rl_temperature_zero_is_refused_at_parse_time(capsys):
+    from rl.config import GRPOMathConfig
+
+    with pytest.raises(SystemExit) as e:
+        parse_config(GRPOMathConfig, ["--rollout.sampling.temperature", "0"])
+    assert e.value.code == 2 and "temperature > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, use_kl, bf16", [

@@ -89,7 +89,9 @@ def _demo_module():
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_grpo_with_learner_and_rollouts_on_different_nodes(tmp_path):
+def test_two_node_cluster_runs_grpo_with_learner_and_rollouts_on_different_nodes(tmp_path, monkeypatch):
+    # as with a virtualenv used without activation: Ray's command line is not on PATH
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
     demo = _demo_module()
     cluster = demo.LocalCluster(tempfile.mkdtemp(prefix="mmray", dir="/tmp"))  # short: unix socket paths
     try:

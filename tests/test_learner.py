@@ -69,9 +69,9 @@ def _pair_batch(B=7, T=12, seed=0):
 def _grads_after_update(model, stage, batch, micro, ref=None):
     learner = Learner(copy.deepcopy(model), stage, OptimConfig(lr=1e-3, micro_batch_size=micro, grad_clip=0),
                       ref_model=copy.deepcopy(ref) if ref is not None else None)
-    (micro_batches,) = list(stage.updates(learner, batch))
+    (micro_batches,) = list(stage.plan(learner, batch).updates)
     assert len(micro_batches) == (1 if micro == 0 else math.ceil(7 / micro))
-    learner._update(micro_batches)
+    learner.train_step(batch)   # the gradients of its one update stay on the parameters
     return {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
 
 

@@ -27,12 +27,13 @@ DRIVER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
     import ray
-    import learner.rl_recipe as rr
+    import rl.recipe as rr
+    from rl.config import GRPOMathConfig
 
     port = int(sys.argv[1])
     orig_shutdown = ray.shutdown
 
-    def init_ray(cfg):  # a local Ray that exports metrics on our port (dashboard off, as in tests)
+    def init_ray(*args, **kwargs):  # a local Ray that exports metrics on our port (dashboard off, as in tests)
         ray.init(num_cpus=2, include_dashboard=False, _metrics_export_port=port,
                  runtime_env={{"env_vars": {{"OMP_WAIT_POLICY": "PASSIVE"}}}})
 
@@ -43,7 +44,7 @@ DRIVER = textwrap.dedent("""
 
     rr.init_ray = init_ray
     ray.shutdown = shutdown_later
-    rr.cli_main("grpo", sys.argv[2:])
+    rr.cli_main(GRPOMathConfig, sys.argv[2:])
 """)
 
 

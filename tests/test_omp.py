@@ -1,4 +1,4 @@
-"""OpenMP wait settings (minimind/omp.py): the choice, that libgomp really reads it, and that the RL
+"""OpenMP wait settings (runtime/process.py): the choice, that libgomp really reads it, and that the RL
 recipe hands it to its Ray workers according to whether learner and rollouts overlap."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import learner.rl_recipe as rr
-from minimind.omp import SPIN_COUNT, openmp_env, set_openmp_env
+from rl.ray_session import init_ray
+from runtime import SPIN_COUNT, openmp_env, set_openmp_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_libgomp_reads_the_setting_when_torch_loads():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env["OMP_DISPLAY_ENV"] = "VERBOSE"  # libgomp prints its settings (GOMP_* too) when it initialises
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from minimind.omp import set_openmp_env\n"
+            "from runtime import set_openmp_env\n"
             "set_openmp_env(overlapping=False)\n"
             "import torch; torch.ones(4).sum()\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -55,7 +55,5 @@ def test_rl_recipe_gives_ray_workers_the_setting_of_its_mode(monkeypatch, off_po
     calls = []
     fake_ray = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw))
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
-    cfg = rr.MathRLConfig(dashboard=False)
-    cfg.driver.off_policy = off_policy
-    rr.init_ray(cfg)
+    init_ray(address=None, dashboard=False, dashboard_host="127.0.0.1", overlapping=off_policy)
     assert calls and calls[0]["runtime_env"] == {"env_vars": expected}

@@ -12,7 +12,7 @@ import torch
 from reward.actor import RewardActor, RewardConfig, RewardWorker, build_scorer
 from reward.scorers import (CombinedScorer, Component, FormatScorer, MathVerifierScorer, RewardModelScorer,
                             RowScorer, run_guarded)
-from rollout.batch import RolloutBatch
+from rl.batch import RolloutBatch
 
 PAD = 0
 

@@ -20,7 +20,7 @@ import torch
 from learner.actor import LearnerActor
 from learner.config import OptimConfig
 from learner.learner import Learner
-from learner.rl_stages import GRPOStage, RLUpdateConfig
+from learner.stages import GRPOStage, RLUpdateConfig
 from minimind.config import MiniMindConfig, preset
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import RLPromptDataset
@@ -28,13 +28,16 @@ from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import train_tokenizer
 from reward.actor import RewardActor, RewardConfig
 from reward.scorers import MathVerifierScorer
-from rollout.batch import RolloutBatch
-from rollout.driver import DriverConfig, RLDriver
+from minimind.generate import SamplingParams
+from rl.actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+from rl.batch import RolloutBatch
+from rl.driver import DriverConfig, RLDriver
+from rl.samplers import ShuffleSampler
 from rollout.worker import RolloutActor, RolloutConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU0 = {"num_cpus": 0}                                  # everything fits a 2-core machine
-RESTART = {"max_restarts": 3, "max_task_retries": 3}    # as learner.rl_recipe.start_actors
+RESTART = {"max_restarts": 3, "max_task_retries": 3}    # as rl.recipe.start_actors
 
 
 class FirstTokenEven:
@@ -69,7 +72,7 @@ def actors(ray_local, tmp_path_factory):
     cfg = preset("tiny", vocab_size=tok.vocab_size).to_dict()
     learner = LearnerActor.options(name="t-learner", **CPU0).remote(functools.partial(make_learner, cfg, 0),
                                                                     threads=1)
-    rcfg = RolloutConfig(group_size=4, max_new_tokens=8, temperature=1.0)
+    rcfg = RolloutConfig(SamplingParams(n=4, max_new_tokens=8, temperature=1.0))
     rollouts = [RolloutActor.options(name=f"t-rollout-{i}", **CPU0, **RESTART).remote(
         rcfg, cfg, str(tok_dir), device="cpu", worker_index=i, threads=1) for i in range(2)]
     reward = RewardActor.options(name="t-reward", **CPU0, **RESTART).remote(
@@ -77,8 +80,8 @@ def actors(ray_local, tmp_path_factory):
         components=[("math", MathVerifierScorer(), 0.0), ("first_even", FirstTokenEven(), 1.0)])
     ds = RLPromptDataset(sm.rl_records(problems[:40]))
     prompts = ds.driver_prompts()
-    yield SimpleNamespace(learner=learner, rollouts=rollouts, rewards=[reward], train=prompts[:32],
-                          eval=prompts[32:36])
+    yield SimpleNamespace(groups=ActorGroups(LearnerGroup(learner), RolloutGroup(rollouts), RewardGroup([reward])),
+                          learner=learner, rollouts=rollouts, train=prompts[:32], eval=prompts[32:36])
     for a in [learner, *rollouts, reward]:
         ray.kill(a)
     ray.cloudpickle.unregister_pickle_by_value(this)
@@ -89,6 +92,10 @@ def _finite(stats: dict) -> None:
         assert isinstance(v, (int, float)) and math.isfinite(v), (k, v)
 
 
+def _driver(a, cfg: DriverConfig, **kw) -> RLDriver:
+    return RLDriver(cfg, a.groups, a.train, a.eval, ShuffleSampler(len(a.train), seed=0), seed=0, **kw)
+
+
 def _weights(a) -> dict:
     import ray
     return ray.get(a.learner.weights.remote(), timeout=60)
@@ -97,7 +104,7 @@ def _weights(a) -> dict:
 def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     import ray
 
-    import rollout.driver as driver_mod
+    import rl.driver as driver_mod
     w0 = _weights(actors)
     v0 = ray.get(actors.learner.version.remote())
     got: list[str] = []
@@ -111,8 +118,7 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
         return out
 
     monkeypatch.setattr(driver_mod.ray, "get", recording_get)
-    drv = RLDriver(DriverConfig(steps=3, prompts_per_step=4), actors.learner, actors.rollouts, actors.rewards,
-                   actors.train, actors.eval)
+    drv = _driver(actors, DriverConfig(steps=3, prompts_per_step=4))
     history = drv.run()
     ev = drv.evaluate()
     monkeypatch.undo()
@@ -134,8 +140,7 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
 
 
 def test_off_policy_runs_and_reports_staleness(actors):
-    drv = RLDriver(DriverConfig(steps=3, prompts_per_step=4, off_policy=True), actors.learner, actors.rollouts,
-                   actors.rewards, actors.train, actors.eval)
+    drv = _driver(actors, DriverConfig(steps=3, prompts_per_step=4, off_policy=True))
     history = drv.run()
     assert len(history) == 3
     for s in history:
@@ -159,8 +164,7 @@ def test_killed_rollout_worker_is_restarted_and_the_run_completes(actors):
             ray.kill(actors.rollouts[0], no_restart=False)
             killed.append(step)
 
-    drv = RLDriver(DriverConfig(steps=3, prompts_per_step=4), actors.learner, actors.rollouts, actors.rewards,
-                   actors.train, actors.eval, on_step=kill_after_first)
+    drv = _driver(actors, DriverConfig(steps=3, prompts_per_step=4), on_step=kill_after_first)
     history = drv.run()
     assert killed == [1] and len(history) == 3
     for s in history:
@@ -176,7 +180,7 @@ def _grpo_math(run_dir: Path, address: str, *extra: str) -> subprocess.Completed
     args = [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}", f"--address={address}",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
             "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=8", "--no-dashboard", "--no-progress",
-            "--rollout-workers=2", "--threads=1", "--rollout.group-size=2", "--rollout.max-new-tokens=8",
+            "--rollout-workers=2", "--threads=1", "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=8",
             "--driver.prompts-per-step=2", "--driver.checkpoint-every=1", *extra]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
@@ -184,31 +188,51 @@ def _grpo_math(run_dir: Path, address: str, *extra: str) -> subprocess.Completed
     return out
 
 
-def test_grpo_math_end_to_end_and_resume(ray_local, tmp_path):
+def _train_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [{k: v for k, v in r.items() if not k.endswith(("seconds", "per_second", "time"))}
+            for r in rows if "reward_mean" in r]
+
+
+def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
+    """The real script: bootstrap, evaluate, train, checkpoint every step. A run stopped after step 2
+    and resumed reproduces the uninterrupted run's metrics step for step (prompt order, rollout seeds
+    per worker and call, minibatch order and the learner are all restored), and with the data and
+    the starting policy fixed, --seed changes the run (it reaches the sampler and the rollouts)."""
     address = ray_local.get_runtime_context().gcs_address
-    run_dir = tmp_path / "run"
-    _grpo_math(run_dir, address, "--driver.steps=2")
+    data = sm.write_jsonl(sm.rl_records(sm.generate_problems(24, seed=5, split="train")), tmp_path / "rl.jsonl")
+    # the lr schedule spans --optim.total-steps (default: the run's --driver.steps): fixed here so that
+    # the run stopped after 2 steps is the same run as the one that goes to 3
+    same = [f"--dataset={data}", f"--test-dataset={data}", "--optim.total-steps=3"]
+    full = tmp_path / "full"
+    _grpo_math(full, address, "--driver.steps=3", *same)
     for name in ("summary.json", "metrics.jsonl", "curves.png", "final/model.safetensors", "final/tokenizer.json",
                  "checkpoint/trainer_state.pt"):
-        assert (run_dir / name).is_file(), name
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["algo"] == "grpo"
-    extra = json.loads((run_dir / "checkpoint" / "extra.json").read_text())
-    assert extra["step"] == 2
+        assert (full / name).is_file(), name
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["algo"] == "grpo"
+    assert json.loads((full / "checkpoint" / "extra.json").read_text())["step"] == 3
 
-    out = _grpo_math(run_dir, address, "--driver.steps=3", "--resume")
+    same.append(f"--init={full / 'bootstrap' / 'sft' / 'final'}")
+    part = tmp_path / "part"
+    _grpo_math(part, address, "--driver.steps=2", *same)
+    out = _grpo_math(part, address, "--driver.steps=3", "--resume", *same)
     assert "[resume] continuing at step 2" in out.stdout
-    assert "[bootstrap]" not in out.stdout                   # the bootstrapped policy is reused
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 1                              # exactly one more step
-    assert json.loads((run_dir / "checkpoint" / "extra.json").read_text())["step"] == 3
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_steps = sorted({r["step"] for r in rows if "reward_mean" in r})
-    assert train_steps == [1, 2, 3], rows
+    resumed = json.loads((part / "summary.json").read_text())
+    assert (resumed["steps"], resumed["steps_this_process"]) == (3, 1)
+    assert resumed["accuracy_before"] == summary["accuracy_before"]       # the run's start, not the checkpoint's
+    assert json.loads((part / "checkpoint" / "extra.json").read_text())["step"] == 3
+    assert [r["step"] for r in _train_rows(part)] == [1, 2, 3]
+    assert _train_rows(part) == _train_rows(full)
+
+    other = tmp_path / "seed1"
+    _grpo_math(other, address, "--driver.steps=1", "--eval-size=0", "--seed=1", *same)
+    assert _train_rows(other)[0] != _train_rows(full)[0]
 
 
 def test_bootstrap_cache_is_reused_only_with_the_same_settings(tmp_path):
-    from learner.rl_recipe import BootstrapConfig, BootstrapMismatch, bootstrap_policy
+    from rl.bootstrap import BootstrapMismatch, bootstrap_policy
+    from rl.config import BootstrapConfig
 
     final = tmp_path / "bootstrap" / "sft" / "final"
     final.mkdir(parents=True)

@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
+from learner.config import OptimConfig
 from learner.metrics import read_metrics
 from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
 from minimind.checkpoint import load_model
 from minimind.tokenizer import MiniMindTokenizer
 
-COMMON = dict(preset="tiny", n_train=200, vocab_size=300, batch_size=8, seq_len=64, warmup_steps=2,
+COMMON = dict(preset="tiny", n_train=200, vocab_size=300, batch_size=8, seq_len=64,
               progress=False)
 
 
@@ -25,7 +26,7 @@ def _losses(run_dir):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("e2e") / "pretrain"
-    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=8, lr=3e-3, checkpoint_every=4, **COMMON))
+    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=8, optim=OptimConfig(lr=3e-3, warmup_steps=2), checkpoint_every=4, **COMMON))
     return run_dir, res
 
 
@@ -47,7 +48,7 @@ def test_resume_continues_from_checkpoint(pretrained):
     run_dir, _ = pretrained
     with open(run_dir / "metrics.jsonl", "a") as f:   # as if it crashed after step 9, checkpoint at 8
         f.write('{"step": 9, "loss": 9.0}\n')
-    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=12, lr=3e-3, checkpoint_every=4, resume=True,
+    res = run_pretrain(PretrainConfig(run_dir=str(run_dir), steps=12, optim=OptimConfig(lr=3e-3, warmup_steps=2), checkpoint_every=4, resume=True,
                                       **COMMON))
     assert res["step"] == 12
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")]
@@ -57,7 +58,7 @@ def test_resume_continues_from_checkpoint(pretrained):
 def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
     pt_dir, _ = pretrained
     sft_dir = tmp_path / "sft"
-    res = run_sft(SFTConfig(run_dir=str(sft_dir), init=str(pt_dir / "final"), steps=8, lr=3e-3,
+    res = run_sft(SFTConfig(run_dir=str(sft_dir), init=str(pt_dir / "final"), steps=8, optim=OptimConfig(lr=3e-3, warmup_steps=2),
                             eval_n=8, max_new_tokens=12, **COMMON))
     assert res["step"] == 8
     for f in ("metrics.jsonl", "curves.png", "final/model.safetensors", "final/tokenizer.json", "eval.json"):

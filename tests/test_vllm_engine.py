@@ -6,10 +6,12 @@
 - generation returns the native engine's GenerationOutput layout (left-padded prompts, right-padded
   responses with the stop token in the mask, n samples per prompt, rows i * n + j);
 - the sampled tokens' logprobs agree with our fp32 learner's recomputation
-  (learner.rl_stages.response_logprobs) within LOGPROB_*_TOL (engine float32, the CPU default);
+  (learner.stages.response_logprobs) within LOGPROB_*_TOL (engine float32, the CPU default);
 - after load_weights of NEW weights (in memory) the engine's greedy output equals the native
   engine's greedy output for the same weights;
-- RolloutWorker(engine="vllm") returns a RolloutBatch.
+- `grpo_math.py --rollout.engine vllm` runs the whole recipe in a fresh process (bootstrap, held-out
+  evaluation before and after with 200 prompts -- more tokens than one engine step, so prefills
+  would be chunked -- RL steps with weight syncs, seeded sampling).
 One engine for the module: starting vLLM costs ~1 minute on 2 CPU cores.
 """
 from __future__ import annotations
@@ -23,13 +25,12 @@ import torch
 pytestmark = pytest.mark.vllm
 vllm = pytest.importorskip("vllm")
 
-from learner.rl_stages import response_logprobs  # noqa: E402
+from learner.stages import response_logprobs  # noqa: E402
 from minimind.config import preset  # noqa: E402
 from minimind.data import synthetic_math as sm  # noqa: E402
 from minimind.generate import SamplingParams, generate  # noqa: E402
 from minimind.model import MiniMindForCausalLM  # noqa: E402
 from minimind.tokenizer import train_tokenizer  # noqa: E402
-from rollout import worker as rw  # noqa: E402
 
 # Engine dtype (the CPU default float32; MINIMIND_VLLM_TEST_DTYPE=bfloat16 checks the GPU default's
 # precision). |engine - learner| per sampled token, mean / max over response tokens. Measured on
@@ -140,17 +141,30 @@ def test_weight_update_in_memory_then_greedy_equals_native(setup):
     print(f"\n[vllm] load_weights {load_s * 1000:.1f} ms; greedy == native for {len(prompts)} prompts")
 
 
-def test_rollout_worker_with_vllm_engine_returns_a_rollout_batch(setup, monkeypatch):
-    monkeypatch.setitem(rw.ENGINES, "vllm", lambda model_cfg, device: setup["engine"])  # reuse the engine
-    w = rw.RolloutWorker(rw.RolloutConfig(group_size=2, max_new_tokens=8, engine="vllm"), setup["cfg"].to_dict(),
-                         str(setup["tok_dir"]), device="cpu")
-    state = peaked_model(setup["cfg"], 4, sharpness=2.0).state_dict()
-    prompts = [{"prompt": "1+1=", "key": "a", "answer": "2", "uid": 0},
-               {"prompt": "2+2=", "key": "b", "answer": "4", "uid": 1}]
-    batch = w.generate(prompts, [state], version=1)
-    assert len(batch) == 4 and batch.group_uid.tolist() == [0, 0, 1, 1]
-    assert batch.meta["engine"] == "vllm" and batch.policy_version == 1
-    assert batch.meta["weight_sync_seconds"] > 0 and batch.response_mask.dtype == torch.float32
+def test_grpo_math_runs_the_whole_recipe_on_the_vllm_engine(tmp_path):
+    """The user's command in a fresh process: the engine name is chosen by flag (nothing registered
+    by hand), and 200 held-out prompts x ~30 tokens exceed vLLM's per-step token budget, the case
+    that crashed seeded sampling when prefills were chunked."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "run"
+    args = [sys.executable, str(root / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}",
+            "--rollout.engine=vllm", "--bootstrap.preset=demo", "--bootstrap.n-train=300",
+            "--bootstrap.pretrain-steps=2", "--bootstrap.sft-steps=2", "--n-prompts=32", "--eval-size=200",
+            "--eval-samples=2", "--no-dashboard", "--no-progress", "--rollout.sampling.n=4",
+            "--rollout.sampling.max-new-tokens=16", "--driver.prompts-per-step=8", "--driver.steps=2"]
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["accuracy_after"] is not None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "reward_mean" in r]
+    assert [r["version"] for r in train] == [1, 2]                          # a weight sync per step
+    assert all(r["logprob_gap"] < 1e-3 for r in train)                      # fp32 engine == learner
 
 
 def test_unsupported_head_size_is_refused_before_the_engine_starts():

@@ -1,4 +1,5 @@
-"""The typed batch that flows rollout -> reward -> learner as a Ray object ref.
+"""The typed batch that flows rollout -> reward -> learner as a Ray object ref: the contract the
+three sides share (a leaf module: it imports nothing of the project).
 
 B = number of sequences = n_prompts * G (G completions per prompt, rows of one group are
 adjacent), P = padded prompt length (prompts are LEFT-padded), R = padded response length
@@ -24,7 +25,11 @@ class RolloutBatch:
     prompt_keys: list[str]              # [B] stable key of each prompt (SPO tracker, logging)
     answers: list[str]                  # [B] ground-truth answer of each row's prompt ("" if none)
     response_text: list[str]            # [B] decoded responses (special tokens stripped)
+    temperature: float = 1.0            # sampling temperature of every row: the learner scores the
+                                        #   tokens under this same distribution
     policy_version: int = 0             # learner weight version the rollout sampled with
+    stale: bool = False                 # set by the learner: sampled with weights older than its
+                                        #   current ones, so the rollout logprobs are the behaviour policy
     rewards: torch.Tensor | None = None # [B] float32, filled by the reward actor
     reward_info: dict[str, Any] = field(default_factory=dict)  # per-component means, error counts
     meta: dict[str, Any] = field(default_factory=dict)         # timings, engine name, ...
@@ -76,6 +81,9 @@ class RolloutBatch:
         rewards = None
         if all(b.rewards is not None for b in batches):
             rewards = torch.cat([b.rewards for b in batches])
+        temps = {b.temperature for b in batches}
+        if len(temps) > 1:
+            raise ValueError(f"RolloutBatch.concat: rows sampled at different temperatures {sorted(temps)}")
         return RolloutBatch(
             prompt_ids=cat("prompt_ids", lpad, P, pad_id), prompt_mask=cat("prompt_mask", lpad, P, 0),
             response_ids=cat("response_ids", rpad, R, pad_id), response_mask=cat("response_mask", rpad, R, 0),
@@ -84,6 +92,22 @@ class RolloutBatch:
             prompt_keys=sum((b.prompt_keys for b in batches), []),
             answers=sum((b.answers for b in batches), []),
             response_text=sum((b.response_text for b in batches), []),
+            temperature=temps.pop(),
             policy_version=min(b.policy_version for b in batches),
+            stale=any(b.stale for b in batches),
             rewards=rewards,
+            reward_info=_merge_info([b.reward_info for b in batches], [len(b) for b in batches]),
+            meta=_merge_info([b.meta for b in batches], [len(b) for b in batches]),
         )
+
+
+def _merge_info(infos: list[dict[str, Any]], rows: list[int]) -> dict[str, Any]:
+    """Row-weighted means of the numeric entries present in every part (timings, reward means);
+    other entries from the first part."""
+    out = dict(infos[0]) if infos else {}
+    total = sum(rows) or 1
+    for key in out:
+        vals = [i.get(key) for i in infos]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[key] = sum(v * n for v, n in zip(vals, rows)) / total
+    return out

@@ -7,18 +7,15 @@ the learner's accumulated gradient equals the one-big-batch gradient. Losses com
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
-
 import torch
 from torch import nn
 
+from minimind.data import IGNORE_INDEX
 from minimind.model import last_token_values, shift_labels
 
-from .learner import Learner, split_rows
-from .losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
-from .losses.core import masked_sum
-
-IGNORE = -100
+from ..learner import Learner, StepPlan, split_rows
+from ..losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
+from ..losses.core import masked_sum
 
 
 def token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -27,7 +24,8 @@ def token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> t
     return logprobs_from_logits(logits[:, :-1].float(), ids[:, 1:])
 
 
-class _Base:
+class StageBase:
+    """What every stage shares: the trainable modules, no state, moving a dict batch to the device."""
     name = "base"
     max_sane_lr = 1e-2
 
@@ -45,24 +43,28 @@ class _Base:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _micro(self, learner: Learner, batch: dict, **globals_) -> list[dict]:
+        """Micro-batches of a supervised batch; each carries its row share (`weight`, for losses
+        that are row means) and its stat weight (`tokens`: label tokens, or rows for pair losses)."""
         batch = self._to(batch, learner.device)
         rows = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
         micros = split_rows({**batch, **globals_, "rows": rows}, learner.optim_cfg.micro_batch_size)
         for m in micros:
-            m["weight"] = len(next(v for v in m.values() if isinstance(v, torch.Tensor))) / rows
+            n = len(next(v for v in m.values() if isinstance(v, torch.Tensor)))
+            m["weight"] = n / rows
+            m["tokens"] = float((m["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in m else float(n)
         return micros
 
 
 @dataclass
-class LMStage(_Base):
+class LMStage(StageBase):
     """Next-token CE on labels != -100 (pretrain: all tokens; SFT: assistant spans only).
     LoRA is this stage on a model wrapped by `minimind.lora.apply_lora`."""
     name: str = "lm"
     max_sane_lr: float = 3e-3
 
-    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
-        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-        yield self._micro(learner, batch, global_tokens=tokens)
+    def plan(self, learner: Learner, batch: dict) -> StepPlan:
+        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return StepPlan([self._micro(learner, batch, global_tokens=tokens)])
 
     def loss(self, learner: Learner, m: dict):
         out = learner.model(m["input_ids"], attention_mask=m.get("attention_mask"))
@@ -74,7 +76,7 @@ class LMStage(_Base):
 
 
 @dataclass
-class DPOStage(_Base):
+class DPOStage(StageBase):
     """−log σ(β[(πc − πr) − (refc − refr)]) on summed response logprobs; the frozen reference
     logprobs are computed once per batch, before the update."""
     beta: float = 0.1
@@ -90,13 +92,13 @@ class DPOStage(_Base):
         seq = masked_sum(token_logprobs(model, ids, attn), mask, dim=-1)
         return seq.chunk(2)
 
-    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+    def plan(self, learner: Learner, batch: dict) -> StepPlan:
         if learner.ref_model is None:
             raise ValueError("DPO needs a frozen reference model (Learner(ref_model=...))")
         batch = self._to(batch, learner.device)
         with torch.no_grad(), learner.autocast():
             batch["ref_chosen"], batch["ref_rejected"] = self._both(learner.ref_model, batch)
-        yield self._micro(learner, batch)
+        return StepPlan([self._micro(learner, batch)])
 
     def loss(self, learner: Learner, m: dict):
         pc, pr = self._both(learner.model, m)
@@ -105,18 +107,18 @@ class DPOStage(_Base):
 
 
 @dataclass
-class DistillStage(_Base):
+class DistillStage(StageBase):
     """α·CE + (1−α)·T²·KL(teacher_T ‖ student_T); the teacher is `learner.ref_model`."""
     alpha: float = 0.5
     temperature: float = 2.0
     name: str = "distill"
     max_sane_lr: float = 3e-3
 
-    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
+    def plan(self, learner: Learner, batch: dict) -> StepPlan:
         if learner.ref_model is None:
             raise ValueError("distillation needs a teacher (Learner(ref_model=teacher))")
-        tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
-        yield self._micro(learner, batch, global_tokens=tokens)
+        tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return StepPlan([self._micro(learner, batch, global_tokens=tokens)])
 
     def loss(self, learner: Learner, m: dict):
         with torch.no_grad():
@@ -129,13 +131,13 @@ class DistillStage(_Base):
 
 
 @dataclass
-class RewardModelStage(_Base):
+class RewardModelStage(StageBase):
     """Bradley–Terry on the scalar head's value at the last real token (model = MiniMindScoreModel)."""
     name: str = "reward_model"
     max_sane_lr: float = 1e-3
 
-    def updates(self, learner: Learner, batch: dict) -> Iterator[list[dict]]:
-        yield self._micro(learner, batch)
+    def plan(self, learner: Learner, batch: dict) -> StepPlan:
+        return StepPlan([self._micro(learner, batch)])
 
     def loss(self, learner: Learner, m: dict):
         ids = torch.cat([m["chosen_ids"], m["rejected_ids"]])

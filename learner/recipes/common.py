@@ -1,0 +1,177 @@
+"""Supervised recipes: the typed configs and the build/run functions behind experiments/*.py.
+
+Every recipe follows the same path, written once here:
+
+    prepare(cfg)      seed everything, pick the device, write run_dir/config.json, find or build
+                      the data (built-in synthetic math when cfg.data is None) and the tokenizer
+                      (cfg.tokenizer, else the one saved next to the init checkpoint, else a small
+                      digit-splitting BPE trained on the built-in pretrain text, saved in run_dir)
+    fit(...)          Learner + BatchIterator + train_loop: metrics.jsonl, curves.png, checkpoints
+                      in run_dir/checkpoint, exact resume with cfg.resume
+    save_final(...)   run_dir/final: model.safetensors + config.json (minimind.checkpoint) + the
+                      tokenizer, so `final` is a complete folder the next stage takes as --init
+
+and each `run_<stage>(cfg)` only says what is particular to its stage (model, dataset, Stage,
+what to save and evaluate). Held-out evaluation (`evaluate_math`) greedily answers problems of
+the built-in TEST split, which never overlaps the training split.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from minimind.checkpoint import load_model, save_model
+from minimind.data import synthetic_math as sm
+from minimind.data.datasets import BatchIterator
+from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import MiniMindTokenizer, train_tokenizer
+
+from ..cli import config_to_dict, parse_config
+from ..learner import Learner
+from ..supervised import train_loop
+from .config import RecipeConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Run:
+    """What `prepare` resolved for a recipe."""
+    cfg: RecipeConfig
+    run_dir: Path
+    device: torch.device
+    tokenizer: MiniMindTokenizer
+    corpus: dict[str, Path] = field(default_factory=dict)   # built-in synthetic files (when generated)
+
+    def data_file(self, kind: str) -> Path:
+        """cfg.data, else the built-in corpus file of `kind` (pretrain | sft | dpo)."""
+        if self.cfg.data is not None:
+            return Path(self.cfg.data)
+        return self.corpus[kind]
+
+
+def builtin_corpus(out_dir: Path, n_train: int, seed: int) -> dict[str, Path]:
+    """The synthetic math files in `out_dir`, generated once (reused when present and complete)."""
+    names = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "rl": "rl_train.jsonl",
+             "rl_test": "rl_test.jsonl", "problems_test": "problems_test.jsonl"}
+    stamp = out_dir / "corpus.json"
+    want = {"n_train": n_train, "seed": seed}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want and all((out_dir / f).is_file()
+                                                                          for f in names.values()):
+        return {k: out_dir / f for k, f in names.items()}
+    paths = sm.write_corpus(out_dir, n_train=n_train, n_test=200, seed=seed)
+    stamp.write_text(json.dumps(want))
+    return paths
+
+
+def _init_dir(cfg: RecipeConfig) -> Path | None:
+    """Folder of the checkpoint this recipe starts from (where a tokenizer may be saved)."""
+    src = getattr(cfg, "teacher", None) or getattr(cfg, "init", None)
+    if src is None:
+        return None
+    p = Path(src)
+    return p if p.is_dir() else p.parent
+
+
+def _tokenizer(cfg: RecipeConfig, run_dir: Path) -> MiniMindTokenizer:
+    if cfg.tokenizer is not None:
+        return MiniMindTokenizer.load(cfg.tokenizer)
+    init = _init_dir(cfg)
+    if init is not None and (init / "tokenizer.json").is_file():
+        return MiniMindTokenizer.load(init)
+    own = run_dir / "tokenizer"
+    if (own / "tokenizer.json").is_file():
+        return MiniMindTokenizer.load(own)
+    if init is not None:
+        log.warning("no tokenizer.json next to %s: training one on the built-in text; it must match the "
+                    "vocabulary the checkpoint was trained with (pass --tokenizer otherwise)", init)
+    problems = sm.generate_problems(cfg.n_train, cfg.seed, "train")
+    tok = train_tokenizer(sm.pretrain_texts(problems), vocab_size=cfg.vocab_size, split_digits=True)
+    tok.save(own)
+    log.info("trained a %d-token BPE tokenizer -> %s", tok.vocab_size, own)
+    return MiniMindTokenizer.load(own)
+
+
+def prepare(cfg: RecipeConfig) -> Run:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()   # a fresh run starts a fresh curve
+    corpus = builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed) if cfg.data is None else {}
+    tok = _tokenizer(cfg, run_dir)
+    log.info("run_dir=%s device=%s vocab=%d", run_dir, device, tok.vocab_size)
+    return Run(cfg, run_dir, device, tok, corpus)
+
+
+def load_init(path: str | Path, tok: MiniMindTokenizer, device: torch.device) -> MiniMindForCausalLM:
+    """A causal LM from a save_model folder or a MiniMind .pth, checked against the tokenizer."""
+    model = load_model(path, device=device, dtype=torch.float32)
+    if model.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"{path}: model vocab_size={model.config.vocab_size} is smaller than the "
+                         f"tokenizer's {tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer)")
+    return model
+
+
+def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Module | None = None,
+        plot_keys: Sequence[str] = ("loss", "lr", "grad_norm")) -> tuple[Learner, dict[str, float]]:
+    """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked)."""
+    cfg = run.cfg
+    learner = Learner(model, stage, cfg.optim.for_run(cfg.steps), ref_model=ref_model, device=run.device)
+    batches = BatchIterator(dataset, cfg.batch_size, seed=cfg.seed)
+    t0 = time.perf_counter()
+    stats = train_loop(learner, batches, cfg.steps, run.run_dir, checkpoint_every=cfg.checkpoint_every or cfg.steps,
+                       resume=cfg.resume, progress=cfg.progress, plot_keys=tuple(plot_keys))
+    log.info("%s: %d steps in %.1fs, last loss %.4f", stage.name, learner.step, time.perf_counter() - t0,
+             stats.get("loss", float("nan")))
+    return learner, stats
+
+
+def save_final(run: Run, model: nn.Module, extra: dict | None = None, name: str = "final") -> Path:
+    """run_dir/<name>: model.safetensors + config.json + the tokenizer (a complete model folder)."""
+    out = run.run_dir / name
+    save_model(model, out, extra_meta={"recipe": type(run.cfg).__name__, **(extra or {})})
+    run.tokenizer.save(out)
+    return out
+
+
+def result(run: Run, learner: Learner, stats: dict, final: Path, **more: Any) -> dict[str, Any]:
+    return {"run_dir": str(run.run_dir), "final": str(final), "step": learner.step,
+            "loss": stats.get("loss"), **more}
+
+
+def cli_main(cls: type, recipe: Any, argv: list[str] | None = None) -> dict[str, Any]:
+    """What every experiments/<stage>.py main() does: parse `cls` from argv, log to stderr, run `recipe`."""
+    cfg = parse_config(cls, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    t0 = time.perf_counter()
+    result = recipe(cfg)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    summary = {k: v for k, v in result.items() if k != "eval"}
+    if result.get("eval"):
+        summary["accuracy"] = result["eval"]["accuracy"]
+    print(json.dumps(summary))
+    return result

@@ -1,0 +1,80 @@
+"""Held-out evaluation of supervised recipes: greedy exact-match accuracy on the built-in TEST split
+(disjoint from training; answers checked by reward.verifier, the verifier the RL recipes' reward
+actors use) and the reward model's pair accuracy."""
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from minimind.data import synthetic_math as sm
+from minimind.data.datasets import DPODataset
+from minimind.generate import SamplingParams, generate
+from minimind.model import MiniMindForCausalLM, MiniMindScoreModel, last_token_values
+from minimind.tokenizer import MiniMindTokenizer
+
+if TYPE_CHECKING:
+    from .common import Run
+
+
+def heldout_problems(n: int, seed: int) -> list[sm.MathProblem]:
+    """Held-out problems: the TEST split of the built-in generator (disjoint from training)."""
+    return sm.generate_problems(n, seed, "test")
+
+
+def evaluate_math(model: MiniMindForCausalLM, tok: MiniMindTokenizer, problems: Sequence[sm.MathProblem],
+                  max_new_tokens: int = 48, batch_size: int = 64) -> dict[str, Any]:
+    """Exact-match accuracy of greedy answers (answer after `####`, else the last number)."""
+    from reward.verifier import answers_match, extract_answer
+
+    correct: list[bool] = []
+    samples = []
+    for s in range(0, len(problems), batch_size):
+        chunk = problems[s:s + batch_size]
+        prompts = [tok.encode_chat([{"role": "user", "content": p.question}], add_generation_prompt=True)
+                   for p in chunk]
+        out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
+                       pad_id=tok.pad_id)
+        for i, p in enumerate(chunk):
+            ids = out.response_ids[i][out.response_mask[i].bool()].tolist()
+            text = tok.decode(ids)
+            ok = answers_match(extract_answer(text), p.answer)
+            correct.append(ok)
+            if len(samples) < 5:
+                samples.append({"question": p.question, "answer": p.answer, "response": text, "correct": ok})
+    by_level: dict[str, list[bool]] = {}
+    for p, ok in zip(problems, correct):
+        by_level.setdefault(str(p.difficulty), []).append(ok)
+    return {"accuracy": float(np.mean(correct)) if correct else 0.0, "n": len(correct),
+            "by_difficulty": {k: float(np.mean(v)) for k, v in sorted(by_level.items())}, "samples": samples}
+
+
+def report_eval(run: "Run", model: MiniMindForCausalLM, label: str) -> dict | None:
+    cfg = run.cfg
+    if getattr(cfg, "eval_n", 0) <= 0:
+        return None
+    t0 = time.perf_counter()
+    res = evaluate_math(model, run.tokenizer, heldout_problems(cfg.eval_n, cfg.seed), cfg.max_new_tokens)
+    res["seconds"] = round(time.perf_counter() - t0, 2)
+    (run.run_dir / "eval.json").write_text(json.dumps(res, indent=2))
+    print(f"[{label}] held-out exact-match accuracy: {res['accuracy']:.3f} on {res['n']} TEST problems "
+          f"(by difficulty {res['by_difficulty']})")
+    return res
+
+
+@torch.no_grad()
+def pair_accuracy(model: MiniMindScoreModel, data: DPODataset, batch_size: int = 32) -> float:
+    """Fraction of pairs whose chosen response scores above the rejected one."""
+    model.eval()
+    wins: list[bool] = []
+    dev = next(model.parameters()).device
+    for s in range(0, len(data), batch_size):
+        b = data.collate([data[i] for i in range(s, min(len(data), s + batch_size))])
+        ids = torch.cat([b["chosen_ids"], b["rejected_ids"]]).to(dev)
+        attn = torch.cat([b["chosen_attention_mask"], b["rejected_attention_mask"]]).to(dev)
+        rc, rr = last_token_values(model(ids, attention_mask=attn), attn).chunk(2)
+        wins += (rc > rr).tolist()
+    return float(np.mean(wins)) if wins else 0.0

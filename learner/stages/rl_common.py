@@ -1,0 +1,121 @@
+"""What the RL stages (GRPO, PPO, SPO) share: turning one scored `RolloutBatch` into an `Experience`
+(old and reference logprobs recomputed by the learner under the batch's own sampling temperature),
+and slicing it into epochs x minibatches optimizer updates so the PPO ratio really moves away from 1
+and the clipping matters."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from rl.batch import RolloutBatch
+
+from ..experience import Experience, Micro
+from ..learner import Learner
+from ..losses import masked_mean
+from .logprobs import logprobs_and_entropy, response_logits, response_logprobs
+from .supervised import StageBase
+
+
+@dataclass
+class RLUpdateConfig:
+    epochs: int = 1
+    """Passes over each rollout batch."""
+    minibatches: int = 1
+    """Optimizer updates per epoch (the batch is shuffled and split)."""
+    use_rollout_logprobs: bool = False
+    """Take the engine's logprobs as the old policy instead of recomputing them (e.g. a bf16 engine
+    whose mismatch you accept); stale batches always use them."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError(f"--update.epochs={self.epochs} and --update.minibatches={self.minibatches} "
+                             f"must be >= 1")
+
+    @property
+    def single_update(self) -> bool:
+        return self.epochs * self.minibatches == 1
+
+
+class RLStage(StageBase):
+    """Experience building and minibatching; subclasses add advantages and their loss."""
+    max_sane_lr = 1e-4
+    update: RLUpdateConfig
+    seed: int
+
+    def experience(self, learner: Learner, batch: RolloutBatch,
+                   old_from_update: bool = False) -> tuple[Experience, dict[str, float]]:
+        """The batch on the learner's device with its reference logprobs and `old_logp`: the
+        logprobs the ratio divides by. `old_from_update`: the batch gets ONE update from the weights
+        that sampled it, so the old policy is the policy being updated: `old_logp` stays None and the
+        loss takes the update's own logprobs, detached (one no-grad forward less)."""
+        if batch.temperature <= 0:
+            raise ValueError(f"RL batch sampled at temperature {batch.temperature}: the learner can only "
+                             f"train on sampled rollouts (temperature > 0)")
+        dev = learner.device
+        exp = Experience(seq=batch.sequences.to(dev), attn=batch.attention_mask.to(dev),
+                         mask=batch.response_mask.to(dev), rollout_logp=batch.logprobs.to(dev),
+                         temperature=batch.temperature)
+        stats: dict[str, float] = {}
+        R = exp.response_len
+        # stale: the weights moved since sampling, a recomputation would measure nothing
+        recompute = not (old_from_update or batch.stale)
+        with torch.no_grad(), learner.autocast():
+            if recompute:
+                learner.model.eval()  # no dropout: old logprobs must be those the rollout sampled from
+                old = response_logprobs(learner.model, exp.seq, exp.attn, R, exp.temperature)
+                learner.model.train()
+                stats["logprob_gap"] = float(((old - exp.rollout_logp).abs() * exp.mask).max())
+            t_ref = time.perf_counter()
+            if learner.ref_model is not None:
+                exp.ref_logp = response_logprobs(learner.ref_model, exp.seq, exp.attn, R, exp.temperature)
+            stats["reference_seconds"] = time.perf_counter() - t_ref
+        if self.update.use_rollout_logprobs or batch.stale:
+            exp.old_logp = exp.rollout_logp
+        elif recompute:
+            exp.old_logp = old
+        return exp, stats
+
+    def minibatches(self, learner: Learner, exp: Experience) -> Iterator[list[Micro]]:
+        """epochs x minibatches updates over shuffled rows; each a list of micro-batches that carry
+        the minibatch's counts. The shuffle is seeded by the run seed and the learner's update count,
+        so a resumed run shuffles as the uninterrupted one did."""
+        rows = len(exp)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + learner.step) % 2**63)
+        n_mb = min(self.update.minibatches, rows)
+        for _ in range(self.update.epochs):
+            perm = torch.randperm(rows, generator=gen).to(exp.seq.device)
+            for idx in perm.chunk(n_mb):
+                mb = exp.select(idx)
+                counts = dict(global_tokens=float(mb.mask.sum()), global_seqs=len(idx), max_len=exp.response_len)
+                yield [Micro(m, **counts) for m in mb.chunks(learner.optim_cfg.micro_batch_size)]
+
+    def policy_forward(self, learner: Learner, m: Micro) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(logp with grad, old logp, stats). Without `old_logp` the old logprobs are these, detached,
+        and the engine-vs-learner gap is measured on them."""
+        e = m.exp
+        logits = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
+        logp, ent = logprobs_and_entropy(logits, e.response_ids)
+        stats = {"entropy": float(masked_mean(ent, e.mask))}
+        if e.old_logp is not None:
+            old = e.old_logp
+        else:
+            old = logp.detach()
+            stats["logprob_gap"] = float(((old - e.rollout_logp).abs() * e.mask).max())
+        return logp, old, stats
+
+    @staticmethod
+    def per_token(stats: dict[str, float], m: Micro) -> dict[str, float]:
+        """pg_loss / vf_loss of a micro-batch are its SHARE of the minibatch loss (normalised by the
+        minibatch's counts); divided by its token share they reduce, token-weighted, to the minibatch
+        value with or without micro-batching."""
+        share = m.tokens / m.global_tokens if m.global_tokens > 0 else 1.0
+        return {k: (v / share if k in ("pg_loss", "vf_loss", "loss") and share > 0 else v) for k, v in stats.items()}
+
+    @staticmethod
+    def batch_stats(batch: RolloutBatch, stats: dict[str, float]) -> dict[str, float]:
+        mask = batch.response_mask
+        return {**stats, "reward_mean": float(batch.rewards.mean()),
+                "response_length": float(mask.sum(1).mean()), "rows": float(len(batch))}

@@ -1,0 +1,50 @@
+"""A starting policy for RL when the user brings none: a small model pretrained and SFT'd on the
+built-in math data through the same learner, cached in <run_dir>/bootstrap and reused only when it
+was made with the same settings."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
+
+from .config import BootstrapConfig
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapMismatch(ValueError):
+    """A cached bootstrap made with other settings than the ones asked for."""
+
+
+def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
+    """Pretrain then SFT a small model on the built-in math data; cached: reused when present and
+    made with the same settings (recorded in bootstrap/settings.json), an error otherwise."""
+    root = run_dir / "bootstrap"
+    sft_final = root / "sft" / "final"
+    record = root / "settings.json"
+    wanted = {**asdict(cfg), "seed": seed}
+    if (sft_final / "model.safetensors").is_file():
+        made = json.loads(record.read_text()) if record.is_file() else None
+        if made != wanted:
+            if made is None:
+                what = "has no record of its settings (an older version made it)"
+            else:
+                differ = [k for k in wanted if made.get(k) != wanted[k]]
+                what = (f"was made with {', '.join(f'{k}={made.get(k)!r}' for k in differ)} but this run "
+                        f"asks for {', '.join(f'{k}={wanted[k]!r}' for k in differ)}")
+            raise BootstrapMismatch(
+                f"{root} {what}. Delete {root} to rebuild it, use another --run-dir, or start from it "
+                f"anyway with --init {sft_final}")
+        log.info("reusing bootstrapped policy %s", sft_final)
+        return sft_final
+    print(f"[bootstrap] no --init: pretraining + SFT of a '{cfg.preset}' model on built-in math "
+          f"(cached in {root})")
+    run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
+                                steps=cfg.pretrain_steps, seed=seed))
+    run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
+                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0))
+    record.write_text(json.dumps(wanted, indent=2))
+    return sft_final

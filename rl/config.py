@@ -1,0 +1,187 @@
+"""The math RL recipes' settings: one base with what every algorithm shares, one subclass per
+algorithm with its own loss section and its defaults as dataclass values (so `--help` prints the
+values the run uses). Every option is stated once: sampling in `rollout.sampling`, the optimiser in
+`optim`, clip and KL inside each loss, the update schedule in `update`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from learner.config import OptimConfig
+from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, SPOTracker
+from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter
+from minimind.generate import SamplingParams
+from reward.actor import RewardConfig
+from rl.driver import DriverConfig
+from rl.seeds import derive_seed
+from rollout.worker import RolloutConfig
+
+
+@dataclass
+class BootstrapConfig:
+    preset: str = "demo"
+    """Model preset of the bootstrapped policy."""
+    n_train: int = 4000
+    """Built-in training problems for pretrain/SFT."""
+    pretrain_steps: int = 300
+    """Pretraining updates (batch 16 x 128 tokens)."""
+    sft_steps: int = 2000
+    """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change)."""
+    sft_lr: float = 2e-3
+    """SFT peak learning rate."""
+
+
+def _optim() -> OptimConfig:
+    # cosine to 10%: a constant lr leaves the last policy wherever the noise of its final steps put it
+    return OptimConfig(lr=1e-4, warmup_steps=0, min_lr_ratio=0.1, weight_decay=0.0)
+
+
+@dataclass
+class MathRLConfig:
+    """What every math RL recipe shares (see GRPOMathConfig, PPOMathConfig, SPOMathConfig)."""
+    algo: ClassVar[str] = "rl"
+    deprecated_flags: ClassVar[dict[str, str]] = {"driver.seed": "seed", "update.seed": "seed",
+                                                  "rollout.seed": "seed"}
+
+    run_dir: str = "runs/grpo_math"
+    """Output folder (metrics.jsonl, curves.png, summary.json, final/, checkpoint/, bootstrap/)."""
+    init: str | None = None
+    """Starting policy: a checkpoint folder or a MiniMind .pth; none = bootstrap a small model."""
+    tokenizer: str | None = None
+    """Tokenizer folder; none = the one next to --init (or the bootstrap's)."""
+    dataset: str | None = None
+    """RL prompts: GSM8K-style jsonl/parquet ({question|prompt, answer}); none = built-in math."""
+    test_dataset: str | None = None
+    """Held-out prompts in the same format; none = the built-in TEST split."""
+    n_prompts: int = 4000
+    """Built-in RL training prompts."""
+    eval_size: int = 1000
+    """Held-out prompts for the before/after accuracy (0 skips the evaluation)."""
+    eval_samples: int = 8
+    """Also measure the policy's own accuracy (pass@1 as mean@k): this many samples per held-out
+    prompt at the rollout temperature (0 = greedy accuracy only)."""
+    rollout_workers: int = 1
+    """RolloutActor count (prompts are split across them)."""
+    reward_workers: int = 1
+    """RewardActor count."""
+    address: str | None = None
+    """Ray address: none starts a local Ray (loopback only); 'auto' joins the cluster of `ray up` / `ray start`."""
+    dashboard: bool = True
+    """Start the Ray dashboard (local Ray only)."""
+    dashboard_host: str = "127.0.0.1"
+    """Dashboard bind address; 0.0.0.0 exposes it on the network (only if you mean to)."""
+    device: str = "auto"
+    """auto: cuda if visible here or the Ray cluster has GPUs (actors share one GPU with fractional
+    num_gpus), else cpu."""
+    learner_resources: dict = field(default_factory=dict)
+    """Custom Ray resources the learner actor requires, e.g. '{"head_node": 0.1}'."""
+    rollout_resources: dict = field(default_factory=dict)
+    """Custom Ray resources each rollout actor requires, e.g. '{"worker_node": 0.1}'."""
+    threads: int = 0
+    """torch threads per actor on CPU (0 = all cores: rollout and learning alternate on-policy)."""
+    seed: int = 0
+    """The run's one seed: model init, prompt order, each rollout worker's sampling, minibatch order
+    and the built-in data all derive their own seeds from it."""
+    resume: bool = False
+    """Continue from <run_dir>/checkpoint (learner, optimizer, SPO tracker, prompt position, seeds)."""
+    progress: bool = True
+    """Show a progress bar."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    optim: OptimConfig = field(default_factory=_optim)
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=8, max_new_tokens=40)))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    # one update per rollout batch: on the demo model 4 minibatches of 64 samples made Adam steps of
+    # mostly noise and lost greedy held-out accuracy in every run
+    update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
+
+    def __post_init__(self) -> None:
+        if self.rollout_workers < 1 or self.reward_workers < 1:
+            raise ValueError(f"--rollout-workers={self.rollout_workers} and --reward-workers="
+                             f"{self.reward_workers} must be >= 1")
+        if self.eval_size < 0 or self.eval_samples < 0 or self.n_prompts < 1:
+            raise ValueError(f"--eval-size={self.eval_size} and --eval-samples={self.eval_samples} must be "
+                             f">= 0, --n-prompts={self.n_prompts} >= 1")
+
+    @property
+    def updates(self) -> int:
+        """Optimizer updates of the whole run (the lr schedule spans them)."""
+        return self.driver.steps * self.update.epochs * self.update.minibatches
+
+    def stage(self) -> Any:
+        """The learner stage of this algorithm."""
+        raise NotImplementedError
+
+    def update_seed(self) -> int:
+        return derive_seed(self.seed, "update")
+
+
+@dataclass
+class GRPOMathConfig(MathRLConfig):
+    """GRPO on verifiable math: G samples per prompt, group-normalised advantages."""
+    algo: ClassVar[str] = "grpo"
+    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
+                                                  "grpo.eps_low": "grpo.clip.eps_low",
+                                                  "grpo.eps_high": "grpo.clip.eps_high",
+                                                  "grpo.dual_clip": "grpo.clip.dual_clip",
+                                                  "grpo.agg_mode": "grpo.clip.agg_mode",
+                                                  "grpo.kl_coef": "grpo.kl.coef", "grpo.kl_kind": "grpo.kl.kind",
+                                                  "grpo.kl_in_reward": "grpo.kl.in_reward"}
+    grpo: GRPOLoss = field(default_factory=lambda: GRPOLoss(clip=ClipConfig(eps_high=0.28), kl=KLConfig(coef=0.01)))
+    filter_zero_variance: bool = False
+    """Drop groups whose rewards are all equal and refill the batch with new prompts."""
+
+    def stage(self) -> GRPOStage:
+        return GRPOStage(loss_fn=self.grpo, update=self.update, seed=self.update_seed(),
+                         filter=ZeroVarianceFilter() if self.filter_zero_variance else None)
+
+
+@dataclass
+class PPOMathConfig(MathRLConfig):
+    """PPO on verifiable math: a critic as the baseline, GAE, KL in the per-token reward."""
+    algo: ClassVar[str] = "ppo"
+    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
+                                                  "ppo.eps_low": "ppo.clip.eps_low", "ppo.eps_high": "ppo.clip.eps_high",
+                                                  "ppo.dual_clip": "ppo.clip.dual_clip",
+                                                  "ppo.agg_mode": "ppo.clip.agg_mode", "ppo.kl_coef": "ppo.kl.coef"}
+    # ~256 sampled responses per step like GRPO: 64 prompts x 4 (the critic is the baseline, groups
+    # are not needed); a step costs more (critic), so 60 steps keep the wall time near GRPO's
+    run_dir: str = "runs/ppo_math"
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=4, max_new_tokens=40)))
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=64))
+    update: RLUpdateConfig = field(default_factory=lambda: RLUpdateConfig(minibatches=4))
+    ppo: PPOLoss = field(default_factory=PPOLoss)
+
+    def stage(self) -> PPOStage:
+        return PPOStage(loss_fn=self.ppo, update=self.update, seed=self.update_seed())
+
+
+@dataclass
+class SPOMathConfig(MathRLConfig):
+    """SPO on verifiable math: one sample per prompt, a persistent per-prompt Beta tracker baseline,
+    prompts sampled where the policy is most uncertain."""
+    algo: ClassVar[str] = "spo"
+    run_dir: str = "runs/spo_math"
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
+    spo: SPOLoss = field(default_factory=SPOLoss)
+    d_half: float = 0.06
+    """Tracker: policy drift D that halves the tracker's memory (rho = 2^(-D/d_half), clipped)."""
+    rho_min: float = 0.875
+    """Tracker: fastest forgetting (an effective window of 1/(1-rho_min) observations)."""
+    rho_max: float = 0.96
+    """Tracker: slowest forgetting."""
+    init_samples: int = 4
+    """Offline samples per prompt that initialise the tracker."""
+    prompts: int = 1024
+    """Size of the prompt pool (every prompt gets a tracker initialised offline)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rollout.sampling.n != 1:
+            raise ValueError(f"SPO samples one response per prompt: --rollout.sampling.n={self.rollout.sampling.n}")
+        SPOTracker(self.d_half, self.rho_min, self.rho_max)  # validates the tracker settings
+
+    def stage(self) -> SPOStage:
+        return SPOStage(loss_fn=self.spo, update=self.update, seed=self.update_seed(),
+                        tracker=SPOTracker(self.d_half, self.rho_min, self.rho_max))

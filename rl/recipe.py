@@ -1,0 +1,217 @@
+"""Math RL on Ray (GRPO / PPO / SPO): what experiments/{grpo,ppo,spo}_math.py run.
+
+    prepare      tokenizer + starting policy (--init, else the cached bootstrap), train/test prompts
+    actors       LearnerActor ("learner"), RolloutActor x N ("rollout-i"), RewardActor x M ("reward-j"),
+                 wrapped in actor groups (rl.actors); fractional GPUs with CUDA, CPU shares otherwise
+    driver       rl.driver.RLDriver moves object refs; this module only sees stats
+    report       held-out accuracy before/after, metrics.jsonl, curves.png, summary (rl.report)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner.cli import config_to_dict, parse_config
+from learner.learner import Learner, find_checkpoint
+from learner.metrics import MetricsLogger, plot_metrics
+from minimind.checkpoint import load_model, read_checkpoint_config, save_model
+from minimind.config import MiniMindConfig
+from minimind.data import synthetic_math as sm
+from minimind.data.datasets import RLPromptDataset
+from minimind.model import MiniMindScoreModel
+from minimind.tokenizer import MiniMindTokenizer
+
+from .actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+from .bootstrap import BootstrapMismatch, bootstrap_policy
+from .config import MathRLConfig
+from .driver import RLDriver, summarize_groups
+from .ray_session import init_ray, placement, print_placement, resolve_device
+from .report import print_summary, summarize_run
+from .samplers import ShuffleSampler, WeightedSampler
+from .seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+PLOT_KEYS = ["reward_mean", "accuracy", "eval_accuracy", "eval_sampled_accuracy", "kl", "entropy", "response_length",
+             "clip_frac", "tokens_per_second", "step_seconds"]
+
+
+@dataclass
+class Prepared:
+    init_dir: Path                 # a folder load_model reads (or a .pth path)
+    tokenizer_dir: Path
+    train_prompts: list[dict]      # {"prompt", "key", "answer"}
+    eval_prompts: list[dict]
+
+
+def prepare(cfg: MathRLConfig) -> Prepared:
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed)
+    if not init.exists():
+        raise FileNotFoundError(f"--init {init}: no such checkpoint")
+    init_folder = init if init.is_dir() else init.parent
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else init_folder
+    if not (tok_dir / "tokenizer.json").is_file() and not tok_dir.name.endswith(".json"):
+        raise FileNotFoundError(f"no tokenizer.json in {tok_dir}: pass --tokenizer")
+    if cfg.dataset:
+        train = RLPromptDataset(cfg.dataset).driver_prompts()
+    else:
+        # problems SFT did not see (its own seed stream; still the train split, so the held-out test
+        # split stays disjoint)
+        problems = sm.generate_problems(cfg.n_prompts, derive_seed(cfg.seed, "rl-prompts") % 2**31, "train")
+        train = RLPromptDataset(sm.rl_records(problems)).driver_prompts()
+    if cfg.test_dataset:
+        test = RLPromptDataset(cfg.test_dataset).driver_prompts()[: cfg.eval_size]
+    else:
+        test_problems = sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test") if cfg.eval_size else []
+        test = RLPromptDataset(sm.rl_records(test_problems)).driver_prompts() if test_problems else []
+    if cfg.algo == "spo":
+        train = train[: cfg.prompts]
+    return Prepared(init, tok_dir, train, test)
+
+
+def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
+    """Runs inside the learner actor: policy, frozen reference (when a KL uses it), critic (PPO), stage."""
+    if device == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(derive_seed(cfg.seed, "learner"))
+    policy = load_model(init, dtype=torch.float32)
+    ref = copy.deepcopy(policy)  # same weights: no second read and parse of the checkpoint
+    critic = None
+    if cfg.algo == "ppo":
+        critic = MiniMindScoreModel(policy.config)
+        critic.model.load_state_dict(policy.model.state_dict())  # critic trunk starts from the policy
+    return Learner(policy, cfg.stage(), cfg.optim.for_run(cfg.updates), ref_model=ref, critic=critic, device=device)
+
+
+def policy_config(init: Path) -> MiniMindConfig:
+    """The policy's config without loading its weights in the driver when a config.json says it
+    (a bare MiniMind .pth has none: its config is inferred from the tensors, which needs them)."""
+    if init.is_dir() or (init.suffix == ".safetensors" and (init.parent / "config.json").is_file()):
+        return read_checkpoint_config(init)[0]
+    return load_model(init).config
+
+
+def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> ActorGroups:
+    from learner.actor import LearnerActor
+    from reward.actor import RewardActor
+    from rollout.worker import RolloutActor
+
+    res = placement(device, cfg.rollout_workers, cfg.reward_workers, bool(cfg.reward.rm_path))
+    model_cfg = policy_config(prep.init_dir).to_dict()
+    threads = cfg.threads or os.cpu_count() or 1
+    custom = lambda r: {"resources": dict(r)} if r else {}  # noqa: E731  (pin to nodes by custom resource)
+    learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
+        lambda: make_learner(cfg, prep.init_dir, device), threads=threads)
+    restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
+    rollouts = [RolloutActor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
+                                     **restart).remote(
+        cfg.rollout, model_cfg, str(prep.tokenizer_dir), device=device, worker_index=i, threads=threads)
+        for i in range(cfg.rollout_workers)]
+    rewards = [RewardActor.options(name=f"reward-{j}", **res["reward"], **restart).remote(cfg.reward)
+               for j in range(cfg.reward_workers)]
+    return ActorGroups(LearnerGroup(learner), RolloutGroup(rollouts), RewardGroup(rewards))
+
+
+def make_sampler(cfg: MathRLConfig, prompts: list[dict], learner: LearnerGroup) -> Any:
+    seed = derive_seed(cfg.seed, "prompts")
+    if cfg.algo == "spo":
+        return WeightedSampler([p["key"] for p in prompts], seed, learner.sampling_weights)
+    return ShuffleSampler(len(prompts), seed)
+
+
+def init_spo_tracker(driver: RLDriver, actors: ActorGroups, samples: int) -> None:
+    """Offline tracker init: `samples` samples per prompt with the starting policy."""
+    import ray
+
+    scored = driver.launch([dict(p, uid=i) for i, p in enumerate(driver.prompts)], {"n": samples})
+    rewards_by_key: dict[str, list[float]] = {}
+    for g in ray.get([summarize_groups.remote(r) for r in scored]):
+        for key, rs in g.items():
+            rewards_by_key.setdefault(key, []).extend(rs)
+    actors.learner.init_tracker(rewards_by_key)
+
+
+def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
+    import ray
+
+    t_start = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    prep = prepare(cfg)
+    ckpt_dir = str((run_dir / "checkpoint").resolve())
+    if cfg.resume and find_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    init_ray(cfg.address, cfg.dashboard, cfg.dashboard_host, overlapping=cfg.driver.off_policy)
+    device = resolve_device(cfg.device)
+    actors = start_actors(cfg, prep, device)
+    print_placement(actors.named())
+    (run_dir / "config.json").write_text(json.dumps({"algo": cfg.algo, **config_to_dict(cfg)}, indent=2))
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()
+    logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
+                           ray_metrics=True)
+    sampler = make_sampler(cfg, prep.train_prompts, actors.learner)
+    driver = RLDriver(cfg.driver, actors, prep.train_prompts, prep.eval_prompts, sampler, seed=cfg.seed,
+                      on_step=lambda step, stats: logger.log(step, **{k: v for k, v in stats.items()
+                                                                      if k not in ("step", "time")}),
+                      checkpoint_dir=ckpt_dir)
+    max_new = cfg.rollout.sampling.max_new_tokens
+    try:
+        if cfg.resume:
+            driver.load_state_dict(actors.learner.load_checkpoint(ckpt_dir))
+            logger.drop_after(driver.step_count)
+            before = driver.extra.get("before", {})
+            print(f"[resume] continuing at step {driver.step_count} from {ckpt_dir}")
+        else:
+            if cfg.algo == "spo":
+                init_spo_tracker(driver, actors, cfg.init_samples)
+            t0 = time.perf_counter()
+            before = driver.evaluate(max_new, cfg.eval_samples)
+            if before:
+                print(f"[eval] before {cfg.algo}: held-out accuracy greedy {before['eval_accuracy']:.3f}"
+                      + (f", sampled {before['eval_sampled_accuracy']:.3f}" if cfg.eval_samples else "")
+                      + f" on {len(prep.eval_prompts)} prompts ({time.perf_counter() - t0:.1f}s)")
+                logger.log(0, **before)
+            driver.extra["before"] = before
+        first_step = driver.step_count
+        t_rl = time.perf_counter()
+        history = driver.run()
+        rl_s = time.perf_counter() - t_rl
+        after = driver.evaluate(max_new, cfg.eval_samples)
+        if after:
+            logger.log(driver.step_count, **after)
+        state = ray.get(actors.learner.weights(driver.version))
+    finally:
+        logger.close()
+        ray.shutdown()
+    policy = load_model(prep.init_dir)
+    policy.load_state_dict(state)
+    final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
+    MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
+    plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
+    summary = summarize_run(cfg, before, after, history, first_step, rl_s, time.perf_counter() - t_start)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return summary
+
+
+def cli_main(config_cls: type[MathRLConfig], argv: list[str] | None = None) -> dict[str, Any]:
+    """What experiments/<algo>_math.py main() does."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = parse_config(config_cls, argv)
+    # Ctrl-C: raise KeyboardInterrupt in the driver so `finally` shuts Ray down cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_math_rl(cfg)
+    except BootstrapMismatch as e:  # a message to act on, not a traceback
+        raise SystemExit(f"error: {e}") from None

@@ -1,0 +1,41 @@
+"""The summary of an RL run: accuracy before/after (greedy and sampled), rewards, time per phase."""
+from __future__ import annotations
+
+from typing import Any
+
+
+def summarize_run(cfg: Any, before: dict, after: dict, history: list[dict], first_step: int, rl_seconds: float,
+                  wall_seconds: float) -> dict[str, Any]:
+    """`before` is the accuracy the RUN started from (kept in the checkpoint across a resume);
+    `history` holds this process's steps, from `first_step` on."""
+    mean = lambda key: (sum(h.get(key, 0.0) for h in history) / len(history)) if history else 0.0  # noqa: E731
+    return {
+        "algo": cfg.algo, "steps": first_step + len(history), "steps_this_process": len(history),
+        "accuracy_before": before.get("eval_accuracy"), "accuracy_after": after.get("eval_accuracy"),
+        "sampled_accuracy_before": before.get("eval_sampled_accuracy"),
+        "sampled_accuracy_after": after.get("eval_sampled_accuracy"),
+        "reward_first": history[0].get("reward_mean", 0.0) if history else 0.0,
+        "reward_last": history[-1].get("reward_mean", 0.0) if history else 0.0,
+        "rl_seconds": round(rl_seconds, 1), "wall_seconds": round(wall_seconds, 1),
+        "seconds_per_step": round(rl_seconds / max(len(history), 1), 2),
+        "generate_seconds_per_step": round(mean("generate_seconds"), 3),
+        "learn_seconds_per_step": round(mean("learn_seconds"), 3),
+        "tokens_per_second": round(mean("tokens_per_second"), 1),
+        "run_dir": cfg.run_dir,
+    }
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    rows = [("algorithm", s["algo"]), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})")]
+    if s.get("accuracy_before") is not None:
+        rows.append(("held-out accuracy, greedy", f"{s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}"))
+    if s.get("sampled_accuracy_before") is not None:
+        rows.append(("held-out accuracy, sampled (policy)",
+                     f"{s['sampled_accuracy_before']:.3f} -> {s['sampled_accuracy_after']:.3f}"))
+    rows += [("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
+             ("seconds per RL step", s["seconds_per_step"]),
+             ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
+             ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),
+             ("total wall time (s)", s["wall_seconds"]), ("outputs", s["run_dir"])]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n")
