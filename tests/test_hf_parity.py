@@ -99,7 +99,8 @@ def test_minimind_pth_inferred_config(tmp_path, name, drop_lm_head):
     torch.save(sd, tmp_path / "model.pth")
     # tiny presets have 4 heads: the (non qk-norm) inference needs that hint; qk-norm infers it
     hint = None if ours.config.qk_norm else 4
-    m = load_minimind_pth(tmp_path / "model.pth", num_attention_heads=hint)
+    # eps is not in the shapes: qk-norm means MiniMind-3's 1e-6 unless told (the tiny preset has 1e-5)
+    m = load_minimind_pth(tmp_path / "model.pth", num_attention_heads=hint, rms_norm_eps=ours.config.rms_norm_eps)
     for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "head_dim", "intermediate_size", "qk_norm", "use_moe", "n_routed_experts", "n_shared_experts",
               "tie_word_embeddings"):
