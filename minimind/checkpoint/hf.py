@@ -15,6 +15,7 @@ import torch
 
 from ..config import ConfigError, MiniMindConfig
 from ..model import MiniMindForCausalLM, rope_inv_freq
+from .hf_moe import moe_architecture, moe_config_fields, moe_state_dict
 from .common import (CONFIG_FILE, DERIVED_KEYS, MODEL_FILE, TIED_KEY, CheckpointError, build, dtype_name,
                      file_dtype, load_strict, plain_state_dict, read_safetensors)
 
@@ -34,14 +35,15 @@ def _hf_rope(cfg: MiniMindConfig) -> tuple[dict[str, Any] | None, dict[str, Any]
 
 
 def hf_config_dict(cfg: MiniMindConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The transformers config.json for a dense MiniMindConfig (Llama, or Qwen3 with qk-norm)."""
+    """The transformers config.json for a MiniMindConfig: Llama, Qwen3 (qk-norm), or for MoE the
+    architecture of `hf_moe.moe_architecture` (raises NotImplementedError when there is none)."""
     if cfg.use_moe:
-        raise NotImplementedError("MoE MiniMind cannot be exported to Hugging Face: LlamaForCausalLM and "
-                                  "Qwen3ForCausalLM have no mixture-of-experts layers (save_model instead)")
+        arch, model_type = moe_architecture(cfg)
+    else:
+        arch, model_type = ("Qwen3ForCausalLM", "qwen3") if cfg.qk_norm else ("LlamaForCausalLM", "llama")
     rope_scaling, rope_parameters = _hf_rope(cfg)
     d: dict[str, Any] = {
-        "architectures": ["Qwen3ForCausalLM" if cfg.qk_norm else "LlamaForCausalLM"],
-        "model_type": "qwen3" if cfg.qk_norm else "llama",
+        "architectures": [arch], "model_type": model_type,
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size, "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads, "num_key_value_heads": cfg.num_key_value_heads,
@@ -54,26 +56,30 @@ def hf_config_dict(cfg: MiniMindConfig, dtype: torch.dtype = torch.float32) -> d
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
         "use_cache": True, "torch_dtype": dtype_name(dtype), "dtype": dtype_name(dtype),
     }
-    if cfg.qk_norm:
+    if cfg.qk_norm or cfg.use_moe:
         d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_hidden_layers)
     else:
         d.update(mlp_bias=False, pretraining_tp=1)
+    if cfg.use_moe:
+        d.update(moe_config_fields(cfg))
     return d
 
 
 def export_hf(model: MiniMindForCausalLM, dir: str | Path, dtype: torch.dtype = torch.float32,
               tokenizer_dir: str | Path | None = None) -> Path:
     """Write a folder `transformers.AutoModelForCausalLM.from_pretrained(dir)` (and vLLM) loads as
-    LlamaForCausalLM (no qk-norm) or Qwen3ForCausalLM (qk-norm) with our logits:
-    config.json, generation_config.json, model.safetensors (+ the files of `tokenizer_dir`).
-    MoE models raise NotImplementedError; LoRA models must be merged first."""
+    LlamaForCausalLM (no qk-norm), Qwen3ForCausalLM (qk-norm), Qwen3MoeForCausalLM / Qwen2MoeForCausalLM
+    (MoE, see hf_moe) with our logits: config.json, generation_config.json, model.safetensors (+ the
+    files of `tokenizer_dir`). LoRA models must be merged first."""
     from safetensors.torch import save_file
 
     if not isinstance(model, MiniMindForCausalLM):
         raise TypeError(f"export_hf needs a MiniMindForCausalLM, got {type(model).__name__}")
     cfg = model.config
-    hf_cfg = hf_config_dict(cfg, dtype)  # raises for MoE before anything is written
+    hf_cfg = hf_config_dict(cfg, dtype)  # raises for an MoE without equivalent before anything is written
     sd = plain_state_dict(model, dtype)
+    if cfg.use_moe:
+        sd = moe_state_dict(cfg, sd)
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
@@ -98,10 +104,19 @@ def _first_id(v: Any, default: int) -> int:
 
 
 def config_from_hf(raw: dict[str, Any], source: str | Path = "config.json") -> MiniMindConfig:
-    """MiniMindConfig from a Llama / Qwen3 transformers config dict (refuses features we lack)."""
+    """MiniMindConfig from a Llama / Qwen3 / Qwen3-MoE transformers config dict (refuses features we lack)."""
     mt = raw.get("model_type")
-    if mt not in ("llama", "qwen3"):
-        raise CheckpointError(f"{source}: model_type {mt!r} is not supported (llama or qwen3)")
+    if mt not in ("llama", "qwen3", "qwen3_moe"):
+        raise CheckpointError(f"{source}: model_type {mt!r} is not supported (llama, qwen3 or qwen3_moe)")
+    moe: dict[str, Any] = {}
+    if mt == "qwen3_moe":
+        if raw.get("mlp_only_layers") or raw.get("decoder_sparse_step", 1) != 1:
+            raise CheckpointError(f"{source}: dense layers between MoE layers (mlp_only_layers / "
+                                  "decoder_sparse_step) are not supported by MiniMind")
+        moe = dict(use_moe=True, n_routed_experts=raw["num_experts"], n_shared_experts=0,
+                   num_experts_per_tok=raw["num_experts_per_tok"], norm_topk_prob=bool(raw.get("norm_topk_prob")),
+                   aux_loss_alpha=raw.get("router_aux_loss_coef", 0.001), seq_aux=False)
+        raw = {**raw, "intermediate_size": raw["moe_intermediate_size"]}
     for flag in ("attention_bias", "mlp_bias", "use_sliding_window"):
         if raw.get(flag):
             raise CheckpointError(f"{source}: {flag}=true is not supported by MiniMind")
@@ -129,18 +144,18 @@ def config_from_hf(raw: dict[str, Any], source: str | Path = "config.json") -> M
             head_dim=raw.get("head_dim") or raw["hidden_size"] // heads, intermediate_size=raw["intermediate_size"],
             max_position_embeddings=raw.get("max_position_embeddings", d.max_position_embeddings),
             rms_norm_eps=raw.get("rms_norm_eps", 1e-6), rope_theta=float(theta), rope_scaling=rope_scaling,
-            qk_norm=mt == "qwen3", tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qk_norm=mt in ("qwen3", "qwen3_moe"), tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             bos_token_id=_first_id(raw.get("bos_token_id"), d.bos_token_id),
             eos_token_id=_first_id(raw.get("eos_token_id"), d.eos_token_id),
             pad_token_id=_first_id(raw.get("pad_token_id"), d.pad_token_id),
-            initializer_range=raw.get("initializer_range", d.initializer_range))
+            initializer_range=raw.get("initializer_range", d.initializer_range), **moe)
     except (KeyError, ConfigError, TypeError) as e:
         raise CheckpointError(f"{source}: cannot map to MiniMindConfig: {e}") from e
 
 
 def import_hf(dir: str | Path, device: str | torch.device = "cpu",
               dtype: torch.dtype | None = None) -> MiniMindForCausalLM:
-    """Load a Hugging Face Llama / Qwen3 folder (config.json + model.safetensors, or a sharded
+    """Load a Hugging Face Llama / Qwen3 / Qwen3-MoE folder (config.json + model.safetensors, or a sharded
     model.safetensors.index.json) as MiniMindForCausalLM. Strict like load_model; eval mode."""
     dir = Path(dir)
     cfg_path = dir / CONFIG_FILE
