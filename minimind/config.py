@@ -67,7 +67,8 @@ class MiniMindConfig:
     num_experts_per_tok: int = 2
     """Top-k routed experts per token."""
     norm_topk_prob: bool = True
-    """Renormalise the top-k router probabilities to sum to one."""
+    """Renormalise the top-k router probabilities to sum to one (for k = 1 too: the weight is then 1,
+    as in MiniMind-3; MiniMind v2 never renormalised k = 1, which is norm_topk_prob=False)."""
     aux_loss_alpha: float = 0.1
     """Weight of the load-balance auxiliary loss (0 disables it)."""
     seq_aux: bool = True
@@ -156,7 +157,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "minimind2-moe": dict(hidden_size=640, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
                           use_moe=True, n_shared_experts=1, n_routed_experts=4, num_experts_per_tok=2),
     "minimind3": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                      intermediate_size=2432, qk_norm=True),
+                      intermediate_size=2432, qk_norm=True, rms_norm_eps=1e-6),
+    # MiniMind-3 MoE: 4 routed experts of the dense FFN size, one per token, no shared expert,
+    # batch-level load-balance loss 5e-4 (model_minimind.py of MiniMind-3)
+    "minimind3-moe": dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                          intermediate_size=2432, qk_norm=True, rms_norm_eps=1e-6, use_moe=True,
+                          n_routed_experts=4, n_shared_experts=0, num_experts_per_tok=1, norm_topk_prob=True,
+                          aux_loss_alpha=5e-4, seq_aux=False),
     # tiny presets for CPU tests and demos
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, max_position_embeddings=1024),

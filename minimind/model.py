@@ -223,7 +223,9 @@ class MoEGate(nn.Module):
         B, T, H = x.shape
         scores = F.linear(x.reshape(-1, H), self.weight).softmax(dim=-1)  # [N, E]
         topk_w, topk_idx = scores.topk(self.top_k, dim=-1, sorted=False)    # [N, k]
-        if self.top_k > 1 and self.norm_topk_prob:
+        if self.norm_topk_prob:
+            # for every k, as MiniMind-3 and transformers' MoE models do: with k = 1 the weight is 1.
+            # (MiniMind v2 skipped it for k = 1, which is norm_topk_prob=False; see checkpoint import)
             topk_w = topk_w / (topk_w.sum(dim=-1, keepdim=True) + 1e-20)
         aux = scores.new_zeros(())
         if self.training and self.alpha > 0:

@@ -1,37 +1,64 @@
-"""MiniMind tokenizer: byte-level BPE (HF `tokenizers`) with MiniMind's ChatML template.
+"""MiniMind tokenizer: byte-level BPE (HF `tokenizers`) with the folder's own Jinja chat template.
 
 The three special tokens and their ids are fixed by MiniMind and by every checkpoint
 trained with it: `<|endoftext|>`=0 (also used as padding), `<|im_start|>`=1 (bos),
 `<|im_end|>`=2 (eos). A folder written by `MiniMindTokenizer.save` is loadable both here
 and by `transformers.PreTrainedTokenizerFast.from_pretrained` (so an exported model folder
 is complete), and a real MiniMind `tokenizer.json` loads here unchanged.
+
+Chats are rendered with the folder's `chat_template` (tokenizer_config.json, or chat_template.jinja)
+exactly as transformers renders it (see `minimind.chat_template`); a tokenizer without one uses the
+built-in `CHAT_TEMPLATE`. The rendered string is encoded whole, so training ids equal the ids
+transformers / vLLM produce for the same chat, and label masks are computed on those ids through
+character offsets.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .chat_template import MINIMIND_CHAT_TEMPLATE, render, template_default_system
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END)  # index == required id
 
-# Jinja form of `MiniMindTokenizer.apply_chat_template`, stored in tokenizer_config.json so
-# that transformers (and vLLM, which uses it) renders exactly the same prompt string.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+# the built-in tokenizer's template (MiniMind-3's structure; see minimind.chat_template)
+CHAT_TEMPLATE = MINIMIND_CHAT_TEMPLATE
+ASSISTANT_HEADER = IM_START + "assistant\n"
 
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing, unreadable or incompatible; the message names the file."""
+
+
+class TokenizerMismatchError(TokenizerError):
+    """The tokenizer does not fit the model (vocabulary size or special ids differ)."""
+
+
+def check_fits(tokenizer: "MiniMindTokenizer", model_config: Any, tokenizer_flag: str = "--tokenizer") -> None:
+    """Raise TokenizerMismatchError unless `tokenizer` is the vocabulary `model_config` was built for:
+    same size, and the model's bos / eos / pad ids are the tokenizer's. The message names both sides
+    and the flag that passes the right tokenizer."""
+    problems = []
+    if tokenizer.vocab_size != model_config.vocab_size:
+        problems.append(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                        f"{model_config.vocab_size}")
+    for name, tok_id in (("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id), ("pad", tokenizer.pad_id)):
+        model_id = getattr(model_config, f"{name}_token_id")
+        if model_id != tok_id:
+            problems.append(f"the model's {name}_token_id is {model_id} but the tokenizer's {name} id is {tok_id} "
+                            f"({tokenizer.id_to_token(tok_id)!r})")
+    if problems:
+        raise TokenizerMismatchError(
+            f"tokenizer {tokenizer.source} does not fit the model: {'; '.join(problems)}. Pass the tokenizer "
+            f"the model was trained with: {tokenizer_flag} <folder with tokenizer.json>")
 
 
 def train_tokenizer(
@@ -66,16 +93,25 @@ def train_tokenizer(
 
 
 class MiniMindTokenizer:
-    """Thin typed wrapper around a `tokenizers.Tokenizer` with MiniMind's specials."""
+    """Thin typed wrapper around a `tokenizers.Tokenizer` with MiniMind's specials and a chat template."""
 
-    def __init__(self, tokenizer: Tokenizer, source: str = "<in memory>"):
+    def __init__(self, tokenizer: Tokenizer, source: str = "<in memory>", chat_template: str | None = None,
+                 special_tokens_map: Mapping[str, str] | None = None):
         _check_specials(tokenizer, source)
         self._tok = tokenizer
         self.source = source
-        # A twin that treats special-token *strings* inside message content as plain text,
-        # so a user typing "<|im_end|>" cannot forge a turn boundary in encode_chat.
+        self.chat_template: str = chat_template or CHAT_TEMPLATE
+        """Jinja chat template (the folder's own, or the built-in CHAT_TEMPLATE)."""
+        self.special_tokens_map: dict[str, str] = {
+            "bos_token": IM_START, "eos_token": IM_END, "pad_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
+            **(special_tokens_map or {})}
+        # A twin that treats special-token *strings* as plain text: used for text a chat message
+        # carries, so a user typing "<|im_end|>" cannot forge a turn boundary.
         self._literal = Tokenizer.from_str(tokenizer.to_str())
         self._literal.encode_special_tokens = True
+        self._specials = sorted((t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special),
+                                key=len, reverse=True)
+        self._special_re = re.compile("|".join(map(re.escape, self._specials)))
 
     # ----- ids ---------------------------------------------------------------------------
     @property
@@ -129,46 +165,96 @@ class MiniMindTokenizer:
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
     # ----- chat -------------------------------------------------------------------------
-    def apply_chat_template(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
-    ) -> str:
-        """MiniMind ChatML: `<|im_start|>{role}\\n{content}<|im_end|>\\n` per message."""
-        return render_chat(messages, add_generation_prompt)
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+                            tools: Sequence[Mapping[str, Any]] | None = None, tokenize: bool = False,
+                            **template_kwargs: Any) -> Any:
+        """The chat rendered by this tokenizer's Jinja template, as transformers renders it: a str, or
+        its ids with tokenize=True. `template_kwargs` are template variables (e.g. open_thinking=True)."""
+        if tokenize:
+            return self.encode_chat(messages, add_generation_prompt, tools=tools, **template_kwargs)
+        return render(self.chat_template, messages, add_generation_prompt=add_generation_prompt, tools=tools,
+                      special_tokens=self.special_tokens_map, **template_kwargs)
 
-    def encode_chat(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
-    ) -> list[int]:
-        """Token ids of the chat template, built message by message (see encode_chat_masked)."""
-        return self.encode_chat_masked(messages, add_generation_prompt)[0]
+    @property
+    def default_system_prompt(self) -> str | None:
+        """The system message the template inserts into chats without one (None if it inserts none)."""
+        return template_default_system(self.chat_template)
 
-    def encode_chat_masked(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
-    ) -> tuple[list[int], list[int]]:
-        """(ids, assistant_mask): mask is 1 on assistant content tokens and on the
-        assistant's closing `<|im_end|>`, 0 elsewhere (role headers, newlines, others).
+    def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+                    tools: Sequence[Mapping[str, Any]] | None = None, **template_kwargs: Any) -> list[int]:
+        """Token ids of the rendered chat, encoded as one string (= transformers' tokenize=True ids)."""
+        return self.encode_chat_masked(messages, add_generation_prompt, tools=tools, **template_kwargs)[0]
 
-        Each piece is encoded on its own so that a token never straddles the header and
-        the content: the content tokens are then exactly what the model produces after
-        the generation prompt `<|im_start|>assistant\\n` at inference time.
-        """
-        ids: list[int] = []
-        mask: list[int] = []
+    def encode_chat_masked(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+                           tools: Sequence[Mapping[str, Any]] | None = None, label_turn_newline: bool = False,
+                           last_turn_only: bool = False, **template_kwargs: Any) -> tuple[list[int], list[int]]:
+        """(ids, assistant_mask) of the rendered chat.
 
-        def add(piece: list[int], flag: int) -> None:
-            ids.extend(piece)
-            mask.extend([flag] * len(piece))
-
-        for m in messages:
-            is_asst = 1 if m["role"] == "assistant" else 0
-            add([self.bos_id], 0)
-            add(self._literal.encode(f"{m['role']}\n", add_special_tokens=False).ids, 0)
-            add(self._literal.encode(m["content"], add_special_tokens=False).ids, is_asst)
-            add([self.eos_id], is_asst)  # learning to stop is part of the answer
-            add(self._literal.encode("\n", add_special_tokens=False).ids, 0)
-        if add_generation_prompt:
-            add([self.bos_id], 0)
-            add(self._literal.encode("assistant\n", add_special_tokens=False).ids, 0)
+        ids are those of the whole rendered string. The mask is 1 on every token that overlaps an
+        assistant turn's text: from after `<|im_start|>assistant\n` through its `<|im_end|>` (so
+        reasoning, content and tool calls; learning to stop is part of the answer), plus the `\n`
+        after `<|im_end|>` with label_turn_newline=True (MiniMind's own SFT / DPO labelling).
+        last_turn_only: only the final assistant turn (DPO responses).
+        Special-token strings typed inside message fields stay text (they cannot end a turn)."""
+        text = self.apply_chat_template(messages, add_generation_prompt, tools=tools, **template_kwargs)
+        forged = self._forged_specials(messages, text, add_generation_prompt, tools, template_kwargs)
+        ids, offsets, trusted = self._encode_rendered(text, forged)
+        spans = self._assistant_spans(text, trusted, label_turn_newline)
+        if last_turn_only:
+            spans = spans[-1:]
+        mask = [1 if any(a < e and b > s for s, e in spans) else 0 for a, b in offsets]
         return ids, mask
+
+    def _forged_specials(self, messages, text, add_generation_prompt, tools, template_kwargs) -> set[int]:
+        """Positions of special-token strings in `text` that came from message fields, found by
+        rendering once more with those strings defused (same length, so positions line up)."""
+        if not any(self._special_re.search(v) for m in messages for v in m.values() if isinstance(v, str)):
+            return set()
+
+        def defuse(v: Any) -> Any:
+            return self._special_re.sub(lambda m: "\x00" + m.group(0)[1:], v) if isinstance(v, str) else v
+
+        safe = [{k: defuse(v) for k, v in m.items()} for m in messages]
+        defused = self.apply_chat_template(safe, add_generation_prompt, tools=tools, **template_kwargs)
+        if len(defused) != len(text):  # a template that reshapes content: fall back to treating all as text
+            return {m.start() for m in self._special_re.finditer(text)}
+        real = {m.start() for m in self._special_re.finditer(text)}
+        return real - {m.start() for m in self._special_re.finditer(defused)}
+
+    def _encode_rendered(self, text: str, forged: set[int]) -> tuple[list[int], list[tuple[int, int]], list]:
+        """(ids, char offsets, trusted special matches). Added tokens split the text before BPE, so
+        encoding the pieces between trusted specials equals encoding the whole string."""
+        trusted = [m for m in self._special_re.finditer(text) if m.start() not in forged]
+        if not forged:
+            enc = self._tok.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets, trusted
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        pos = 0
+        for m in [*trusted, None]:
+            end = m.start() if m is not None else len(text)
+            if end > pos:
+                enc = self._literal.encode(text[pos:end], add_special_tokens=False)
+                ids.extend(enc.ids)
+                offsets.extend((a + pos, b + pos) for a, b in enc.offsets)
+            if m is not None:
+                ids.append(self._tok.token_to_id(m.group(0)))
+                offsets.append((m.start(), m.end()))
+                pos = m.end()
+        return ids, offsets, trusted
+
+    @staticmethod
+    def _assistant_spans(text: str, trusted: list, label_turn_newline: bool) -> list[tuple[int, int]]:
+        spans = []
+        for i, m in enumerate(trusted):
+            if m.group(0) != IM_START or not text.startswith(ASSISTANT_HEADER, m.start()):
+                continue
+            start = m.start() + len(ASSISTANT_HEADER)
+            end = next((n.end() for n in trusted[i + 1:] if n.group(0) == IM_END), len(text))
+            if label_turn_newline and text.startswith("\n", end):
+                end += 1
+            spans.append((start, end))
+        return spans
 
     # ----- persistence ------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -178,19 +264,16 @@ class MiniMindTokenizer:
         self._tok.save(str(out / "tokenizer.json"))
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": IM_START,
-            "eos_token": IM_END,
-            "pad_token": ENDOFTEXT,
-            "unk_token": ENDOFTEXT,
+            **self.special_tokens_map,
             "add_bos_token": False,
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": 32768,
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": self.chat_template,
             "added_tokens_decoder": {
-                str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
-                         "normalized": False, "single_word": False}
-                for i, t in enumerate(SPECIAL_TOKENS)
+                str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                         "normalized": t.normalized, "single_word": t.single_word}
+                for i, t in sorted(self._tok.get_added_tokens_decoder().items())
             },
         }
         (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
@@ -207,23 +290,49 @@ class MiniMindTokenizer:
             tok = Tokenizer.from_file(str(file))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON/schema
             raise TokenizerError(f"{file}: not a valid tokenizer.json ({e})") from e
-        return cls(tok, source=str(file))
+        template, specials = _read_tokenizer_config(file.parent)
+        return cls(tok, source=str(file), chat_template=template, special_tokens_map=specials)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MiniMindTokenizer) and self._tok.to_str() == other._tok.to_str()
+        return (isinstance(other, MiniMindTokenizer) and self._tok.to_str() == other._tok.to_str()
+                and self.chat_template == other.chat_template)
 
     def __repr__(self) -> str:
         return f"MiniMindTokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
 
-def render_chat(
-    messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False
-) -> str:
-    """The ChatML string (vocabulary-independent, so usable without a tokenizer)."""
-    parts = [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages]
-    if add_generation_prompt:
-        parts.append(f"{IM_START}assistant\n")
-    return "".join(parts)
+def render_chat(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
+                chat_template: str | None = None, **template_kwargs: Any) -> str:
+    """A chat rendered by `chat_template` (default: the built-in CHAT_TEMPLATE) without a tokenizer."""
+    return render(chat_template or CHAT_TEMPLATE, messages, add_generation_prompt=add_generation_prompt,
+                  special_tokens={"bos_token": IM_START, "eos_token": IM_END, "pad_token": ENDOFTEXT,
+                                  "unk_token": ENDOFTEXT}, **template_kwargs)
+
+
+def _read_tokenizer_config(folder: Path) -> tuple[str | None, dict[str, str]]:
+    """(chat_template, special token strings) of a tokenizer folder: chat_template.jinja (transformers
+    >= 4.43 writes it) or tokenizer_config.json's chat_template (a string, or named templates)."""
+    template: str | None = None
+    specials: dict[str, str] = {}
+    cfg_file = folder / "tokenizer_config.json"
+    if cfg_file.is_file():
+        try:
+            cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{cfg_file}: not valid JSON ({e})") from e
+        raw = cfg.get("chat_template")
+        if isinstance(raw, list):
+            raw = next((t.get("template") for t in raw if t.get("name") == "default"), None)
+        template = raw if isinstance(raw, str) else None
+        for k in ("bos_token", "eos_token", "pad_token", "unk_token"):
+            v = cfg.get(k)
+            v = v.get("content") if isinstance(v, dict) else v
+            if isinstance(v, str):
+                specials[k] = v
+    jinja_file = folder / "chat_template.jinja"
+    if jinja_file.is_file():
+        template = jinja_file.read_text(encoding="utf-8")
+    return template, specials
 
 
 def _check_specials(tok: Tokenizer, source: str) -> None:

@@ -99,7 +99,8 @@ def test_minimind_pth_inferred_config(tmp_path, name, drop_lm_head):
     torch.save(sd, tmp_path / "model.pth")
     # tiny presets have 4 heads: the (non qk-norm) inference needs that hint; qk-norm infers it
     hint = None if ours.config.qk_norm else 4
-    m = load_minimind_pth(tmp_path / "model.pth", num_attention_heads=hint)
+    # eps is not in the shapes: qk-norm means MiniMind-3's 1e-6 unless told (the tiny preset has 1e-5)
+    m = load_minimind_pth(tmp_path / "model.pth", num_attention_heads=hint, rms_norm_eps=ours.config.rms_norm_eps)
     for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
               "head_dim", "intermediate_size", "qk_norm", "use_moe", "n_routed_experts", "n_shared_experts",
               "tie_word_embeddings"):
@@ -109,9 +110,44 @@ def test_minimind_pth_inferred_config(tmp_path, name, drop_lm_head):
         assert torch.equal(m(ids).logits, ours(ids).logits)
 
 
-def test_moe_export_refused(tmp_path):
-    m = MiniMindForCausalLM(preset("tiny-moe"))
-    with pytest.raises(NotImplementedError, match="(?i)moe|mixture"):
+MOE_CASES = {  # preset overrides -> transformers architecture computing the same function
+    "v3-top1": (dict(qk_norm=True, n_shared_experts=0, num_experts_per_tok=1, rms_norm_eps=1e-6),
+                "Qwen3MoeForCausalLM"),
+    "v3-top2-unnormed": (dict(qk_norm=True, n_shared_experts=0, num_experts_per_tok=2, norm_topk_prob=False),
+                         "Qwen3MoeForCausalLM"),
+    "v2-shared": (dict(), "Qwen2MoeForCausalLM"),
+    "v2-two-shared": (dict(n_shared_experts=2, num_experts_per_tok=1), "Qwen2MoeForCausalLM"),
+    "v2-no-shared": (dict(n_shared_experts=0), "Qwen2MoeForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("case", list(MOE_CASES))
+def test_moe_export_logits_match_transformers(tmp_path, case):
+    kw, arch = MOE_CASES[case]
+    torch.manual_seed(7)
+    ours = MiniMindForCausalLM(preset("tiny-moe", **kw)).eval()
+    with torch.no_grad():
+        for n, p in ours.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+            elif "gate.weight" in n:
+                p.mul_(20)  # decisive routing: many tokens change experts if the weights were wrong
+    export_hf(ours, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch
+    ids = torch.randint(0, 6400, (3, 40), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        diff = (hf(ids).logits - ours(ids).logits).abs().max().item()
+    assert diff < 1e-5, diff
+    if arch == "Qwen3MoeForCausalLM":  # and back
+        back = import_hf(tmp_path)
+        with torch.no_grad():
+            assert torch.equal(back(ids).logits, ours(ids).logits)
+
+
+def test_moe_export_refused_without_equivalent(tmp_path):
+    m = MiniMindForCausalLM(preset("tiny-moe", qk_norm=True))  # qk-norm + a shared expert
+    with pytest.raises(NotImplementedError, match="shared"):
         export_hf(m, tmp_path / "x")
     assert not (tmp_path / "x" / "model.safetensors").exists()
 

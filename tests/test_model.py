@@ -25,7 +25,8 @@ def _ids(B, T, seed=0, low=3):
 
 # ----------------------------------------------------------------------------- sizes and config
 @pytest.mark.parametrize("name,count", [("minimind2-small", 25_829_888), ("minimind2", 104_030_976),
-                                        ("minimind2-moe", 145_029_760), ("minimind3", 63_912_192)])
+                                        ("minimind2-moe", 145_029_760), ("minimind3", 63_912_192),
+                                        ("minimind3-moe", 198_416_640)])
 def test_preset_parameter_counts(name, count):
     with torch.device("meta"):
         m = MiniMindForCausalLM(preset(name))
@@ -73,7 +74,7 @@ def _naive_moe(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
             xt = x[b, t]
             scores = (moe.gate.weight @ xt).softmax(-1)
             w, idx = scores.topk(moe.gate.top_k)
-            if moe.gate.top_k > 1 and moe.gate.norm_topk_prob:
+            if moe.gate.norm_topk_prob:  # for k = 1 too (MiniMind-3): the weight is then 1
                 w = w / w.sum()
             y = sum(w[j] * moe.experts[int(idx[j])](xt) for j in range(len(idx)))
             for s in moe.shared_experts:
@@ -82,7 +83,8 @@ def _naive_moe(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(norm_topk_prob=False), dict(num_experts_per_tok=1, n_shared_experts=0)])
+@pytest.mark.parametrize("kw", [dict(), dict(norm_topk_prob=False), dict(num_experts_per_tok=1, n_shared_experts=0),
+                                dict(num_experts_per_tok=1, norm_topk_prob=False)])
 def test_moe_dispatch_matches_naive_loop(kw):
     m = _model("tiny-moe", **kw)
     moe = m.model.layers[0].mlp

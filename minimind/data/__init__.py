@@ -10,7 +10,6 @@ from minimind.data.datasets import (
     SFTDataset,
     collate_dpo,
     collate_lm,
-    collate_rl,
 )
 from minimind.data.readers import (
     DataError,
@@ -29,7 +28,7 @@ from minimind.data.synthetic_math import MathProblem, generate_problems
 __all__ = [
     "MathProblem", "generate_problems",
     "IGNORE_INDEX", "BatchIterator", "DPODataset", "PretrainDataset", "RLPrompt",
-    "RLPromptDataset", "SFTDataset", "collate_dpo", "collate_lm", "collate_rl",
+    "RLPromptDataset", "SFTDataset", "collate_dpo", "collate_lm",
     "DataError", "DPOPair", "MathRecord", "ReadReport", "ReadResult", "gsm8k_final_answer",
     "read_conversations", "read_dpo", "read_math", "read_pretrain",
 ]

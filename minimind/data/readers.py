@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -21,7 +22,7 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 logger = logging.getLogger(__name__)
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-Message = dict[str, str]  # {"role": ..., "content": ...}
+Message = dict[str, Any]  # {"role", "content"} + MiniMind-3's reasoning_content / tools / tool_calls
 T = TypeVar("T")
 
 
@@ -35,22 +36,43 @@ class _Bad(Exception):
 
 @dataclass
 class ReadReport:
-    """What happened while reading one file."""
+    """What happened while reading one file: every skipped record, counted per reason."""
 
     path: str
     n_ok: int = 0
     n_bad: int = 0
-    issues: list[str] = field(default_factory=list)  # the first `max_issues` messages
-    max_issues: int = 20
+    issues: list[str] = field(default_factory=list)  # every `file:line: reason` message
+    by_reason: dict[str, int] = field(default_factory=dict)
+    max_issues: int = 20  # how many the summary line shows
 
-    def add(self, message: str) -> None:
+    def add(self, message: str, reason: str | None = None) -> None:
         self.n_bad += 1
-        if len(self.issues) < self.max_issues:
-            self.issues.append(message)
+        self.issues.append(message)
+        key = _reason_kind(reason if reason is not None else message.rsplit(": ", 1)[-1])
+        self.by_reason[key] = self.by_reason.get(key, 0) + 1
 
     def summary(self) -> str:
         head = f"{self.path}: skipped {self.n_bad} bad record(s), kept {self.n_ok}"
+        if self.by_reason:
+            head += " (" + ", ".join(f"{n} x {r}" for r, n in sorted(self.by_reason.items(), key=lambda x: -x[1])) + ")"
         return head + ("; first: " + " | ".join(self.issues[:3]) if self.issues else "")
+
+    def write(self, path: str | Path) -> None:
+        """Append every skipped record as one JSON line {"source", "location", "reason"} to `path`."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", encoding="utf-8") as f:
+            for msg in self.issues:
+                loc, _, reason = msg.partition(": ")
+                f.write(json.dumps({"source": self.path, "location": loc, "reason": reason},
+                                   ensure_ascii=False) + "\n")
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without its specifics (positions, indices, values) so that counts group by kind."""
+    import re
+
+    return re.sub(r"\[\d+\]|\d+|'[^']*'|\"[^\"]*\"", "#", reason)[:80]
 
 
 @dataclass
@@ -102,7 +124,7 @@ def _nonempty_str(row: dict, key: str) -> str:
     return v
 
 
-def _messages(row: dict, key: str) -> list[Message]:
+def _messages(row: dict, key: str, allow_empty_last: bool = False) -> list[Message]:
     if key not in row or row[key] is None:
         raise _Bad(f"missing field '{key}'")
     msgs = row[key]
@@ -120,14 +142,38 @@ def _messages(row: dict, key: str) -> list[Message]:
             raise _Bad(f"{where} missing field 'role'")
         if role not in ROLES:
             raise _Bad(f"{where} unknown role {role!r} (expected one of {sorted(ROLES)})")
-        if content is None:
+        if content is None and not m.get("tool_calls"):
             raise _Bad(f"{where} missing field 'content'")
+        content = "" if content is None else content
         if not isinstance(content, str):
             raise _Bad(f"{where} field 'content' must be a string, got {type(content).__name__}")
-        if not content.strip():
+        msg: Message = {"role": role, "content": content}
+        for extra in ("reasoning_content", "tools", "tool_calls"):  # MiniMind-3 fields, kept for the template
+            v = m.get(extra)
+            if v is None or v == "":
+                continue
+            if extra != "reasoning_content" and isinstance(v, str):
+                try:
+                    v = json.loads(v)  # MiniMind-3 stores tools / tool_calls as JSON strings
+                except json.JSONDecodeError as e:
+                    raise _Bad(f"{where} field '{extra}' is not valid JSON ({e.msg})") from None
+            if extra == "reasoning_content" and not isinstance(v, str):
+                raise _Bad(f"{where} field 'reasoning_content' must be a string, got {type(v).__name__}")
+            if extra != "reasoning_content" and not isinstance(v, list):
+                raise _Bad(f"{where} field '{extra}' must be a list, got {type(v).__name__}")
+            msg[extra] = v
+        last_assistant = role == "assistant" and i == len(msgs) - 1
+        carries = msg.get("tool_calls") or msg.get("tools")  # a tool call or the tool list is the message
+        if not content.strip() and not carries and not (allow_empty_last and last_assistant):
             raise _Bad(f"{where} has empty content")
-        out.append({"role": role, "content": content})  # extra keys dropped on purpose
+        out.append(msg)
     return out
+
+
+def chat_tools(messages: list[Message]) -> tuple[list[Message], list | None]:
+    """(messages, tools): MiniMind-3 puts the tool list on the system message as `tools`."""
+    tools = next((m["tools"] for m in messages if m.get("tools")), None)
+    return [{k: v for k, v in m.items() if k != "tools"} for m in messages], tools
 
 
 def parse_pretrain(row: Any) -> str:
@@ -135,7 +181,9 @@ def parse_pretrain(row: Any) -> str:
 
 
 def parse_conversation(row: Any, require_assistant: bool = True) -> list[Message]:
-    msgs = _messages(_obj(row), "conversations")
+    """Messages of a conversations row; with require_assistant=False (RL prompts) the last
+    assistant message may be empty (MiniMind-3's rlaif.jsonl leaves every one empty)."""
+    msgs = _messages(_obj(row), "conversations", allow_empty_last=not require_assistant)
     if require_assistant and not any(m["role"] == "assistant" for m in msgs):
         raise _Bad("conversation has no assistant message (nothing to learn)")
     return msgs
@@ -216,9 +264,11 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def read_records(
-    path: str | Path, parse: Callable[[Any], T], *, strict: bool = False, max_issues: int = 20
+    path: str | Path, parse: Callable[[Any], T], *, strict: bool = False, max_issues: int = 20,
+    report_path: str | Path | None = None,
 ) -> ReadResult[T]:
-    """Validate every row with `parse`; strict raises on the first bad one."""
+    """Validate every row with `parse`; strict raises on the first bad one. Otherwise every bad row
+    is counted per reason (printed to stderr) and, with `report_path`, appended to that jsonl file."""
     report = ReadReport(str(path), max_issues=max_issues)
     records: list[T] = []
     for loc, row in iter_rows(path):
@@ -230,28 +280,34 @@ def read_records(
             message = f"{loc}: {e}"
             if strict:
                 raise DataError(message) from None
-            report.add(message)
+            report.add(message, str(e))
     report.n_ok = len(records)
     if report.n_bad:
         logger.warning(report.summary())
+        print(report.summary() + (f" -> every one in {report_path}" if report_path else ""), file=sys.stderr)
+        if report_path is not None:
+            report.write(report_path)
     return ReadResult(records, report)
 
 
-def read_pretrain(path: str | Path, *, strict: bool = False) -> ReadResult[str]:
-    return read_records(path, parse_pretrain, strict=strict)
+def read_pretrain(path: str | Path, *, strict: bool = False, report_path: str | Path | None = None,
+                  max_chars: int | None = None) -> ReadResult[str]:
+    """Texts; `max_chars` cuts a text before anything tokenizes it (a 10 MB line costs max_chars)."""
+    parse = parse_pretrain if max_chars is None else (lambda r: parse_pretrain(r)[:max_chars])
+    return read_records(path, parse, strict=strict, report_path=report_path)
 
 
 def read_conversations(
-    path: str | Path, *, strict: bool = False, require_assistant: bool = True
+    path: str | Path, *, strict: bool = False, require_assistant: bool = True,
+    report_path: str | Path | None = None,
 ) -> ReadResult[list[Message]]:
-    return read_records(
-        path, lambda r: parse_conversation(r, require_assistant), strict=strict
-    )
+    return read_records(path, lambda r: parse_conversation(r, require_assistant), strict=strict,
+                        report_path=report_path)
 
 
-def read_dpo(path: str | Path, *, strict: bool = False) -> ReadResult[DPOPair]:
-    return read_records(path, parse_dpo, strict=strict)
+def read_dpo(path: str | Path, *, strict: bool = False, report_path: str | Path | None = None) -> ReadResult[DPOPair]:
+    return read_records(path, parse_dpo, strict=strict, report_path=report_path)
 
 
-def read_math(path: str | Path, *, strict: bool = False) -> ReadResult[MathRecord]:
-    return read_records(path, parse_math, strict=strict)
+def read_math(path: str | Path, *, strict: bool = False, report_path: str | Path | None = None) -> ReadResult[MathRecord]:
+    return read_records(path, parse_math, strict=strict, report_path=report_path)
