@@ -10,8 +10,7 @@ actor; every replica long-polls the board from a background thread and swaps the
 between two decode steps, then acknowledges. A replica that Serve starts later (autoscaling, or
 the replacement of one that died) picks up the latest version the same way.
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the route annotations (Request) at run time
 import asyncio
 import dataclasses
 import logging
@@ -111,6 +110,19 @@ def _weight_listener(server: ModelServer, board_name: str) -> None:
                                    done=lambda v, err: b.ack.remote(server.replica_id, v, err))
 
 
+def _respond(out: Any):
+    if isinstance(out, dict):
+        return JSONResponse(out)
+    return StreamingResponse(out, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def _config_from_dict(d: dict) -> ServeConfig:
+    d = dict(d)
+    d["batch"] = EngineConfig(**d.get("batch", {}))
+    return ServeConfig(**d)
+
+
+# Serve pickles the class when it is decorated: everything it uses is defined above it.
 @rayserve.deployment(name=DEPLOYMENT)
 @rayserve.ingress(api)
 class MiniMindServer:
@@ -151,18 +163,6 @@ class MiniMindServer:
     @api.post("/v1/completions")
     async def completions(self, request: Request):
         return _respond(await self.server.completion(parse_json(await request.body())))
-
-
-def _respond(out: Any):
-    if isinstance(out, dict):
-        return JSONResponse(out)
-    return StreamingResponse(out, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _config_from_dict(d: dict) -> ServeConfig:
-    d = dict(d)
-    d["batch"] = EngineConfig(**d.get("batch", {}))
-    return ServeConfig(**d)
 
 
 # ---------------------------------------------------------------------- driver side
