@@ -150,7 +150,7 @@ class MiniMindServer:
 
     @api.get("/health")
     async def health(self) -> dict:
-        return self.server.health()
+        return {**self.server.health(), "actor": ray.get_runtime_context().get_actor_name()}
 
     @api.get("/v1/models")
     async def models(self) -> dict:

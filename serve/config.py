@@ -45,6 +45,8 @@ class ServeConfig:
     """Completion length when a request gives no max_tokens."""
     batch: EngineConfig = field(default_factory=EngineConfig)
     """Continuous batching bounds of each replica."""
+    ray_address: str | None = None
+    """Ray cluster to run on ('auto' = the one `ray up` / `ray start` runs); None starts a local Ray."""
     app_name: str = "minimind"
     """Ray Serve application name (one per served model)."""
 

@@ -57,7 +57,7 @@ Sink = Callable[[list[Update]], None]
 
 
 @dataclass
-class _Request:
+class Pending:
     req: Completion
     sink: Sink
     rows_left: int = 0
@@ -66,7 +66,7 @@ class _Request:
 
 @dataclass
 class _Row:
-    owner: _Request
+    owner: Pending
     index: int
     text: ChoiceText
     gen: torch.Generator | None
@@ -78,7 +78,7 @@ class _Row:
 class Ticket:
     """Returned by `submit`: lets the caller stop a request whose client went away."""
 
-    def __init__(self, r: _Request):
+    def __init__(self, r: Pending):
         self._r = r
 
     def cancel(self) -> None:
@@ -100,7 +100,7 @@ class ContinuousEngine:
         self.prefill_sizes: collections.Counter[int] = collections.Counter()
         self.served = 0
         self.weight_errors: list[str] = []
-        self._queue: collections.deque[_Request] = collections.deque()
+        self._queue: collections.deque[Pending] = collections.deque()
         self._cond = threading.Condition()
         self._weights: tuple[dict, int, Callable[[int, str | None], None] | None] | None = None
         self._closed = False
@@ -112,7 +112,7 @@ class ContinuousEngine:
     def submit(self, req: Completion, sink: Sink) -> Ticket:
         if req.n > self.cfg.max_batch_size:
             raise ValueError(f"n={req.n} exceeds max_batch_size={self.cfg.max_batch_size}")
-        r = _Request(req, sink, rows_left=req.n)
+        r = Pending(req, sink, rows_left=req.n)
         with self._cond:
             self._queue.append(r)
             self._cond.notify()
@@ -166,7 +166,7 @@ class ContinuousEngine:
                     o.sink([Update(index=-1, text="", logprobs=[], finish_reason="error", error=msg)])
                 self._reset()
 
-    def _admit(self) -> list[_Request] | None:
+    def _admit(self) -> list[Pending] | None:
         with self._cond:
             while not self._closed and not self._queue and not self.rows and self._weights is None:
                 self._cond.wait()
@@ -201,7 +201,7 @@ class ContinuousEngine:
         if done is not None:
             done(version, err)
 
-    def _step(self, new: list[_Request]) -> None:
+    def _step(self, new: list[Pending]) -> None:
         dead = sum(r.dead for r in self.rows)
         if new or (dead and dead * 4 >= len(self.rows)):
             self._join(new)
@@ -219,7 +219,7 @@ class ContinuousEngine:
         self.logits = out.logits[:, -1].float()
         self.batch_sizes[self._live()] += 1
 
-    def _join(self, new: list[_Request]) -> None:
+    def _join(self, new: list[Pending]) -> None:
         """Drop dead rows and prefill + append the rows of `new` (one copy of the cache)."""
         keep_rows = [i for i, r in enumerate(self.rows) if not r.dead]
         keep = torch.tensor(keep_rows, dtype=torch.long, device=self.device)
@@ -293,7 +293,7 @@ class ContinuousEngine:
     def _emit(self, toks: torch.Tensor) -> None:
         lp = self._logp.gather(-1, toks.unsqueeze(-1)).squeeze(-1).tolist()
         tok_list = toks.tolist()
-        updates: dict[int, tuple[_Request, list[Update]]] = {}
+        updates: dict[int, tuple[Pending, list[Update]]] = {}
         for i, row in enumerate(self.rows):
             if row.dead:
                 continue

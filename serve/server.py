@@ -151,6 +151,13 @@ class ModelServer:
     def _token(self, t: int) -> str:
         return self.tok.decode([t], skip_special_tokens=False)
 
+    def _top_dict(self, alts: list[tuple[int, float]]) -> dict[str, float]:
+        """{text: logprob}, most likely first; two ids with the same text keep the higher logprob."""
+        out: dict[str, float] = {}
+        for a, alp in alts:
+            out.setdefault(self._token(a), alp)
+        return out
+
     def _logprobs(self, entries: list, chat: bool, offset: int) -> dict[str, Any]:
         if chat:
             table = getattr(self.engine, "token_bytes", None)
@@ -167,7 +174,7 @@ class ModelServer:
             text_offset.append(pos)
             pos += len(s)
         return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [{self._token(a): alp for a, alp in alts} for _, _, alts in entries],
+                "top_logprobs": [self._top_dict(alts) for _, _, alts in entries],
                 "text_offset": text_offset}
 
 
