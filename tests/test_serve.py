@@ -279,3 +279,45 @@ def test_chat_cli_against_the_server(server):
                        input=script, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.count(hello) == 2, p.stdout
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-default-apps", "--no-first-run", "--metrics-recording-only",
+                 "--disable-domain-reliability", "--disable-breakpad"]
+
+
+def test_chat_page_in_headless_chromium(server, client, tmp_path):
+    """Type a question on the page at /, wait for the streamed reply, compare with the API's greedy answer."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"BROWSER TEST NOT RUN: {CHROMIUM} is missing (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("BROWSER TEST NOT RUN: playwright is not installed (pip install playwright; no browser download)")
+    served = server[0]
+    question = "what is 7 + 8?"
+    expected = client.chat.completions.create(model="tiny", messages=user(question), max_tokens=20,
+                                              temperature=0).choices[0].message.content
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 560})
+            page.goto(served.url + "/")
+            page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+            page.fill("#temperature", "0")
+            page.fill("#max-tokens", "20")
+            page.fill("#prompt", question)
+            page.press("#prompt", "Enter")
+            page.wait_for_selector(".assistant[data-done='1']", timeout=30_000)
+            answer = page.eval_on_selector(".assistant .answer", "e => e.textContent")
+            meta = page.inner_text(".assistant .meta")
+            page.screenshot(path=str(tmp_path / "chat_page.png"))
+            page.click("#clear")
+            assert page.locator(".msg").count() == 0
+        finally:
+            browser.close()
+    assert answer == expected
+    assert "completion tokens" in meta
+    assert (tmp_path / "chat_page.png").stat().st_size > 5000
+    print("screenshot:", tmp_path / "chat_page.png")
