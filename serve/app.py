@@ -28,6 +28,7 @@ from ray import serve as rayserve
 
 from minimind.config import MiniMindConfig
 from minimind.model import MiniMindForCausalLM
+from minimind.omp import openmp_env
 from minimind.tokenizer import MiniMindTokenizer
 
 from .config import ServeConfig
@@ -205,9 +206,13 @@ class Served:
 
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
+    threads = cfg.batch.threads or max(1, int(cfg.num_cpus))
+    # a replica shares its cores with Serve's proxy and the clients: OpenMP helpers sleep when idle
+    env = {**openmp_env(overlapping=True), "OMP_NUM_THREADS": str(threads)}
     opts: dict[str, Any] = {
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                              "runtime_env": {"env_vars": env}},
     }
     if cfg.max_replicas is not None:
         opts["autoscaling_config"] = {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
@@ -238,6 +243,8 @@ def start(model: str | Path | MiniMindForCausalLM | None = None, tokenizer: str 
         key = "init" if Path(model).suffix in (".pth", ".pt") else "model"
         changes[key] = str(model)
     cfg = dataclasses.replace(cfg, **changes)
+    if not cfg.batch.threads:
+        cfg = dataclasses.replace(cfg, batch=dataclasses.replace(cfg.batch, threads=max(1, int(cfg.num_cpus))))
     if in_memory and cfg.tokenizer is None:
         raise ValueError("start(model=<module>): pass tokenizer=<folder> too")
     if not in_memory:

@@ -37,7 +37,7 @@ class EngineConfig:
     batch_wait_ms: float = 10.0
     """When the engine is idle, how long the first request waits for others to share its prefill."""
     threads: int = 0
-    """torch intra-op threads for this replica (0 = leave torch's default)."""
+    """torch intra-op threads of the engine (0 = the replica's --num-cpus, at least 1)."""
 
 
 @dataclass
@@ -150,6 +150,9 @@ class ContinuousEngine:
         return sum(not r.dead for r in self.rows)
 
     def _loop(self) -> None:
+        if self.cfg.threads:
+            # OpenMP's thread count is per calling thread: set it in the thread that runs the model
+            torch.set_num_threads(self.cfg.threads)
         while True:
             new = self._admit()
             if new is None:
