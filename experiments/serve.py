@@ -1,0 +1,58 @@
+"""Serve a MiniMind checkpoint over an OpenAI-compatible HTTP API on Ray Serve, with a chat page at /.
+
+    python experiments/serve.py --model runs/grpo_math/final                # http://127.0.0.1:8000
+    python experiments/serve.py --init full_sft_512.pth --tokenizer minimind_tokenizer/
+    python experiments/serve.py --model runs/sft/final --replicas 2 --host 0.0.0.0 --port 8080
+    python experiments/serve.py --model runs/sft/final --max-replicas 4       # Serve autoscaling
+    python experiments/serve.py --model runs/sft/final --engine vllm          # vLLM backend, if installed
+    python experiments/serve.py --model runs/sft/final --ray-address auto     # on the `ray up` cluster
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET / (chat page).
+Ctrl-C stops the app. See docs/serving.md.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from learner.cli import parse_config  # noqa: E402
+from serve.config import ServeConfig  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
+    try:
+        cfg.check_source()
+    except ValueError as e:
+        sys.exit(f"serve.py: {e}")
+    if cfg.engine == "vllm":
+        from serve.vllm_backend import unavailable
+
+        why = unavailable(None, cfg.device)   # the model's head size is checked again by each replica
+        if why:
+            sys.exit(f"serve.py: {why}")
+    import ray
+
+    from serve.app import start
+
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address)
+    else:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(include_dashboard=False)
+    served = start(config=cfg)
+    print(f"MiniMind is served at {served.url}  (chat page: {served.url}/ , OpenAI base_url: {served.url}/v1)",
+          flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        served.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""OpenAI request validation: JSON bodies in, typed `Completion` requests out, or an `APIError`.
+
+Every check names the offending field the way the OpenAI API does (`messages[2].role`,
+`max_tokens`, ...), so a client sees a 4xx error object, never a 500 or a dropped connection.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = ("system", "user", "assistant")
+"""Chat roles the MiniMind template renders."""
+
+
+class APIError(Exception):
+    """An OpenAI-style error: HTTP status + {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.type, self.code = message, param, status, type, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Limits:
+    """What one server accepts (set from ServeConfig and the model's context window)."""
+
+    context: int
+    """Prompt + completion tokens the model can attend to (max_position_embeddings)."""
+    max_n: int
+    """Most choices one request may ask for."""
+    default_max_tokens: int
+    """Completion length when the request gives no max_tokens (clipped to the context left)."""
+    model_names: tuple[str, ...]
+    """Names this server answers to in the `model` field."""
+
+
+@dataclass
+class Completion:
+    """One validated request, ready for the engine (prompt already tokenized)."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """None: no logprobs; k >= 0: the sampled token's logprob plus the k most likely alternatives."""
+    stream: bool = False
+    include_usage: bool = False
+    echo_model: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(f"request body is not valid JSON: {e}", param="body", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(f"request body must be a JSON object, got {type(body).__name__}", param="body")
+    return body
+
+
+def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise APIError(f"{name}={v!r}: must be a number in [{lo}, {hi}]", param=name)
+    return float(v)
+
+
+def _int(body: dict, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    v = body.get(name, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise APIError(f"{name}={v!r}: must be an integer in [{lo}, {hi}]", param=name)
+    return v
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or len(items) > 4 or not all(isinstance(s, str) and s for s in items):
+        raise APIError(f"stop={v!r}: must be a non-empty string or a list of up to 4 non-empty strings",
+                       param="stop")
+    return tuple(items)
+
+
+def _model(body: dict, limits: Limits) -> str:
+    name = body.get("model")
+    if name is None:
+        return limits.model_names[0]
+    if name not in limits.model_names:
+        raise APIError(f"The model {name!r} does not exist; this server serves {list(limits.model_names)}",
+                       param="model", status=404, code="model_not_found")
+    return name
+
+
+def _common(body: dict, limits: Limits, prompt_ids: list[int], prompt_field: str) -> Completion:
+    model = _model(body, limits)
+    n = _int(body, "n", 1, 1, limits.max_n)
+    # max_tokens is checked on its own first, then against what the prompt leaves of the context
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _int(body, name, None, 1, limits.context)
+    if len(prompt_ids) >= limits.context:
+        raise APIError(f"This model's maximum context length is {limits.context} tokens; the "
+                       f"{prompt_field} has {len(prompt_ids)} tokens", param=prompt_field,
+                       code="context_length_exceeded")
+    room = limits.context - len(prompt_ids)
+    if max_tokens is None:
+        max_tokens = min(limits.default_max_tokens, room)
+    elif max_tokens > room:
+        raise APIError(f"This model's maximum context length is {limits.context} tokens; you asked for "
+                       f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the {prompt_field}, {max_tokens} "
+                       f"in the completion): reduce the {prompt_field} or max_tokens", param=prompt_field,
+                       code="context_length_exceeded")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(f"stream={stream!r}: must be true or false", param="stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise APIError(f"stream_options={opts!r}: must be an object", param="stream_options")
+    return Completion(
+        prompt_ids=prompt_ids, max_tokens=max_tokens, n=n,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
+        seed=_int(body, "seed", None, -(2 ** 63), 2 ** 63 - 1),
+        stop=_stop(body), stream=stream, include_usage=bool(opts.get("include_usage", False)),
+        echo_model=model)
+
+
+def _content(m: dict, i: int) -> str:
+    c = m.get("content")
+    if c is None and m.get("role") == "assistant":
+        return ""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                   and isinstance(p.get("text"), str) for p in c):
+        return "".join(p["text"] for p in c)
+    raise APIError(f"messages[{i}].content: must be a string or a list of text parts", param=f"messages[{i}].content")
+
+
+def parse_chat(body: dict, limits: Limits, tok) -> Completion:
+    """Validate a /v1/chat/completions body; renders the messages with the tokenizer's template."""
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise APIError("messages: must be a non-empty list of {role, content} objects", param="messages")
+    clean = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            raise APIError(f"messages[{i}]: must be an object", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise APIError(f"messages[{i}].role={role!r}: must be one of {list(ROLES)}", param=f"messages[{i}].role")
+        clean.append({"role": role, "content": _content(m, i)})
+    ids = tok.encode(tok.apply_chat_template(clean, add_generation_prompt=True))
+    req = _common(body, limits, ids, "messages")
+    req.logprobs = _chat_logprobs(body)
+    return req
+
+
+def _chat_logprobs(body: dict) -> int | None:
+    want = body.get("logprobs", False)
+    if want is None:
+        want = False
+    if not isinstance(want, bool):
+        raise APIError(f"logprobs={want!r}: must be true or false", param="logprobs")
+    top = _int(body, "top_logprobs", None, 0, 20)
+    if top is not None and not want:
+        raise APIError("top_logprobs needs logprobs=true", param="top_logprobs")
+    return (top or 0) if want else None
+
+
+def parse_completion(body: dict, limits: Limits, tok) -> Completion:
+    """Validate a /v1/completions body (one prompt string or one list of token ids)."""
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+        p = p[0]
+    if isinstance(p, str):
+        ids = tok.encode(p)
+    elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+        if not all(0 <= t < tok.vocab_size for t in p):
+            raise APIError(f"prompt: token ids must be in [0, {tok.vocab_size})", param="prompt")
+        ids = list(p)
+    else:
+        raise APIError("prompt: must be a string or a list of token ids (one prompt per request)", param="prompt")
+    if not ids:
+        raise APIError("prompt: must not be empty", param="prompt")
+    req = _common(body, limits, ids, "prompt")
+    req.logprobs = _int(body, "logprobs", None, 0, 20)
+    for name in ("echo", "best_of", "suffix"):
+        if body.get(name) not in (None, False, 1, ""):
+            raise APIError(f"{name}={body[name]!r} is not supported by this server", param=name)
+    return req

@@ -1,0 +1,186 @@
+"""The OpenAI endpoints of one replica, independent of how HTTP reaches them.
+
+`ModelServer.chat(body)` / `.completion(body)` validate a JSON body (`serve.protocol`), run it
+on the engine and return either a response dict or an async iterator of server-sent-event
+lines. Anything the engine reports as failed becomes an OpenAI error object (HTTP 500), never
+an exception that could take the replica down.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import torch
+
+from minimind.checkpoint import load_model
+from minimind.tokenizer import MiniMindTokenizer
+
+from .config import ServeConfig
+from .engine import ContinuousEngine, Update
+from .protocol import APIError, Completion, Limits, parse_chat, parse_completion
+
+
+def load_checkpoint(cfg: ServeConfig) -> tuple[torch.nn.Module, MiniMindTokenizer, str]:
+    """(model, tokenizer, served name) for --model/--init/--tokenizer; vocabularies checked."""
+    src = Path(cfg.model or cfg.init)
+    model = load_model(src, device=cfg.device)
+    if cfg.device == "cpu" and next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        model = model.float()  # half precision matmuls are 10-100x slower than fp32 on CPUs
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else (src if src.is_dir() else src.parent)
+    tok = MiniMindTokenizer.load(tok_dir)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} tokens but the model {src} only "
+                         f"{model.config.vocab_size}: pass the tokenizer the model was trained with (--tokenizer)")
+    name = cfg.name or (src.name if src.is_dir() else src.stem)
+    return model, tok, name
+
+
+class ModelServer:
+    def __init__(self, cfg: ServeConfig, model, tok: MiniMindTokenizer, name: str, version: int = 0):
+        self.cfg, self.tok, self.name = cfg, tok, name
+        self.created = int(time.time())
+        self.replica_id = uuid.uuid4().hex[:12]
+        self.limits = Limits(context=model.config.max_position_embeddings, max_n=cfg.max_n,
+                             default_max_tokens=cfg.default_max_tokens, model_names=(name,))
+        self.engine = make_engine(cfg, model, tok, version)
+
+    # ------------------------------------------------------------------ plain endpoints
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
+                                            "owned_by": "minimind-rl", "max_model_len": self.limits.context}]}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.name, "replica": self.replica_id, **self.engine.stats()}
+
+    @property
+    def fingerprint(self) -> str:
+        return f"minimind-{self.name}-v{self.engine.version}"
+
+    # ------------------------------------------------------------------ generation
+    async def _updates(self, req: Completion) -> AsyncIterator[list[Update]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[list[Update]] = asyncio.Queue()
+        ticket = self.engine.submit(req, lambda us: loop.call_soon_threadsafe(queue.put_nowait, us))
+        left = req.n
+        try:
+            while left:
+                us = await queue.get()
+                for u in us:
+                    if u.error:
+                        raise APIError(f"generation failed: {u.error}", status=500, type="server_error")
+                    left -= u.finish_reason is not None
+                yield us
+        finally:
+            if left:
+                ticket.cancel()
+
+    async def chat(self, body: dict) -> dict | AsyncIterator[str]:
+        req = parse_chat(body, self.limits, self.tok)
+        return self._stream(req, chat=True) if req.stream else await self._complete(req, chat=True)
+
+    async def completion(self, body: dict) -> dict | AsyncIterator[str]:
+        req = parse_completion(body, self.limits, self.tok)
+        return self._stream(req, chat=False) if req.stream else await self._complete(req, chat=False)
+
+    def _usage(self, req: Completion, completion_tokens: int) -> dict[str, int]:
+        p = len(req.prompt_ids)
+        return {"prompt_tokens": p, "completion_tokens": completion_tokens, "total_tokens": p + completion_tokens}
+
+    def _head(self, chat: bool, rid: str, req: Completion, chunk: bool) -> dict[str, Any]:
+        obj = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+        return {"id": rid, "object": obj, "created": int(time.time()), "model": req.echo_model,
+                "system_fingerprint": self.fingerprint}
+
+    async def _complete(self, req: Completion, chat: bool) -> dict[str, Any]:
+        done: dict[int, Update] = {}
+        async for us in self._updates(req):
+            for u in us:
+                done[u.index] = u
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        choices = []
+        for i in range(req.n):
+            u = done[i]
+            lp = self._logprobs(u.logprobs, chat, 0) if req.logprobs is not None else None
+            if chat:
+                choices.append({"index": i, "message": {"role": "assistant", "content": u.text},
+                                "logprobs": lp, "finish_reason": u.finish_reason})
+            else:
+                choices.append({"index": i, "text": u.text, "logprobs": lp, "finish_reason": u.finish_reason})
+        tokens = sum(u.completion_tokens for u in done.values())
+        return {**self._head(chat, rid, req, False), "choices": choices, "usage": self._usage(req, tokens)}
+
+    async def _stream(self, req: Completion, chat: bool) -> AsyncIterator[str]:
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        counts = [0] * req.n
+        offsets = [0] * req.n
+
+        def event(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        try:
+            if chat:
+                yield event({**self._head(chat, rid, req, True), "choices": [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    for i in range(req.n)]})
+            async for us in self._updates(req):
+                choices = []
+                for u in us:
+                    counts[u.index] = u.completion_tokens
+                    lp = self._logprobs(u.logprobs, chat, offsets[u.index]) if req.logprobs is not None else None
+                    offsets[u.index] += len(u.text)
+                    if chat:
+                        delta = {"content": u.text} if u.text else {}
+                        choices.append({"index": u.index, "delta": delta, "logprobs": lp,
+                                        "finish_reason": u.finish_reason})
+                    else:
+                        choices.append({"index": u.index, "text": u.text, "logprobs": lp,
+                                        "finish_reason": u.finish_reason})
+                yield event({**self._head(chat, rid, req, True), "choices": choices})
+            if req.include_usage:
+                yield event({**self._head(chat, rid, req, True), "choices": [],
+                             "usage": self._usage(req, sum(counts))})
+        except APIError as e:
+            yield event(e.body())
+        yield "data: [DONE]\n\n"
+
+    # ------------------------------------------------------------------ logprobs
+    def _token(self, t: int) -> str:
+        return self.tok.decode([t], skip_special_tokens=False)
+
+    def _top_dict(self, alts: list[tuple[int, float]]) -> dict[str, float]:
+        """{text: logprob}, most likely first; two ids with the same text keep the higher logprob."""
+        out: dict[str, float] = {}
+        for a, alp in alts:
+            out.setdefault(self._token(a), alp)
+        return out
+
+    def _logprobs(self, entries: list, chat: bool, offset: int) -> dict[str, Any]:
+        if chat:
+            table = getattr(self.engine, "token_bytes", None)
+
+            def one(t: int, lp: float) -> dict:
+                s = self._token(t)
+                raw = table[t] if table is not None else s.encode("utf-8")
+                return {"token": s, "logprob": lp, "bytes": list(raw)}
+            return {"content": [{**one(t, lp), "top_logprobs": [one(a, alp) for a, alp in alts]}
+                                for t, lp, alts in entries]}
+        tokens = [self._token(t) for t, _, _ in entries]
+        text_offset, pos = [], offset
+        for s in tokens:
+            text_offset.append(pos)
+            pos += len(s)
+        return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [self._top_dict(alts) for _, _, alts in entries],
+                "text_offset": text_offset}
+
+
+def make_engine(cfg: ServeConfig, model, tok, version: int):
+    if cfg.engine == "vllm":
+        from .vllm_backend import VLLMBatchEngine  # optional dependency, checked there
+
+        return VLLMBatchEngine(cfg, model, tok, version)
+    return ContinuousEngine(model, tok, cfg.batch, version)
