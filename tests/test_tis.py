@@ -24,7 +24,8 @@ def test_weights_and_stats_by_hand():
     ws, ss = tis_weights(old, roll, mask, cap=2.0, level="sequence")
     assert torch.allclose(ws, torch.tensor([math.exp(-0.5), 2.0]))     # e^(0.5−1), e^(1+0) truncated
     assert ss["tis_truncated_frac"] == 0.5
-    assert mismatch_stats(old, roll, mask) == {k: s[k] for k in ("mismatch_abs_mean", "mismatch_abs_max", "mismatch_kl")}
+    keys = ("mismatch_abs_mean", "mismatch_abs_max", "mismatch_kl")
+    assert mismatch_stats(old, roll, mask) == {k: s[k] for k in keys}
     with pytest.raises(ValueError, match="must have the same"):
         mismatch_stats(old, roll[:, :2], mask)
     with pytest.raises(ValueError, match="cap"):
