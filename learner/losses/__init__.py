@@ -13,9 +13,13 @@ from .core import (
     masked_var,
     masked_whiten,
 )
+from .cispo import CISPOLoss, population_group_advantages
 from .config import ClipConfig, KLConfig
+from .dapo import DAPOLoss, overlong_reward
 from .distill import distill_loss
 from .dpo import dpo_loss, sequence_logprob
+from .dr_grpo import DrGRPOLoss
+from .family import POLICY_LOSSES, PolicyLoss, PolicyLossName, dynamic_sampling, make_policy_loss
 from .grpo import (
     AdvScale,
     ClippedPolicyLoss,
@@ -26,10 +30,12 @@ from .grpo import (
     policy_loss,
     zero_variance_groups,
 )
+from .gspo import GSPOLoss, GSPOVariant, sequence_log_ratio
 from .lm import IGNORE_INDEX, lm_loss
 from .ppo import PPOLoss, gae, ppo_token_rewards, value_loss
 from .rm import bradley_terry_loss
 from .spo import SPOLoss, SPOTracker, policy_drift, spo_advantages
+from .tis import TISConfig, TISLevel, mismatch_stats, tis_weights
 
 __all__ = [
     "AggMode", "KLKind", "AdvScale", "IGNORE_INDEX", "ClipConfig", "KLConfig", "ClippedPolicyLoss",
@@ -40,4 +46,8 @@ __all__ = [
     "kl_penalized_rewards", "GRPOLoss",
     "gae", "ppo_token_rewards", "value_loss", "PPOLoss",
     "SPOTracker", "SPOLoss", "spo_advantages", "policy_drift",
+    "DrGRPOLoss", "DAPOLoss", "overlong_reward", "GSPOLoss", "GSPOVariant", "sequence_log_ratio",
+    "CISPOLoss", "population_group_advantages",
+    "PolicyLossName", "PolicyLoss", "POLICY_LOSSES", "make_policy_loss", "dynamic_sampling",
+    "TISConfig", "TISLevel", "tis_weights", "mismatch_stats",
 ]

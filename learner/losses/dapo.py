@@ -1,0 +1,118 @@
+"""DAPO: "An Open-Source LLM Reinforcement Learning System at Scale" (Yu et al. 2025, arXiv 2503.14476).
+
+Four changes to GRPO, three of them here and one in the GRPO stage:
+
+- **Clip-higher**: ε_low = 0.2, ε_high = 0.28 (low-probability tokens can grow; less entropy collapse).
+- **Token-level loss**: one mean over every token of the batch (not per sequence first), so long
+  sequences weigh in proportion to their tokens:
+      L = (1 / Σ_i |y_i|) Σ_i Σ_t max(−A_i·ρ_it, −A_i·clip(ρ_it, 1−ε_low, 1+ε_high))
+  with A_i = (R_i − mean_g R) / (std_g R + 1e-6) (GRPO's group normalisation) and R_i the shaped
+  reward below. Gradient inside the clip range: ∇L = −(1/Σ|y|) Σ_i A_i Σ_t ρ_it ∇log π_θ(y_it).
+- **Overlong reward shaping** (soft punishment, :func:`overlong_reward`), added to the task reward
+  before the group normalisation, with L_max the length budget and L_cache the buffer:
+      r_len(L) = 0                               if L ≤ L_max − L_cache
+               = ((L_max − L_cache) − L) / L_cache  if L_max − L_cache < L ≤ L_max
+               = −1                              if L > L_max
+  A response cut at the budget (L = L_max) gets −1.
+- **Dynamic sampling**: groups whose rewards are all equal (zero advantage) are dropped and the
+  batch refilled: that is the GRPO stage's zero-variance filter; ``dynamic_sampling`` (default on)
+  is what the recipe sets it from.
+
+Defaults (the paper's): ε_low 0.2, ε_high 0.28, no KL term (β = 0), token-mean, dynamic sampling on,
+overlong buffer L_cache = L_max / 5 (the paper: L_max = 20,480 with a 4,096-token buffer; its
+expected maximum 16,384). L_max has no portable default: it is the rollout's max_new_tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .core import aggregate, to_float
+from .grpo import group_advantages
+from .pg_common import add_kl_term, apply_weights, check_policy_loss_fields, clip_surrogate, ratio_stats
+
+__all__ = ["DAPOLoss", "overlong_reward"]
+
+
+def overlong_reward(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment r_len(L) (see the module docstring) for response lengths [B]."""
+    if not 0 < buffer <= max_len:
+        raise ValueError(f"overlong buffer={buffer} must be in (0, max_len={max_len}]")
+    L = lengths.float()
+    start = float(max_len - buffer)
+    ramp = (start - L) / float(buffer)
+    out = torch.where(L <= start, torch.zeros_like(L), ramp)
+    return torch.where(L > max_len, torch.full_like(L, -1.0), out)
+
+
+@dataclass
+class DAPOLoss:
+    """DAPO objective (arXiv 2503.14476): clip-higher PPO surrogate, token-mean over the batch, group
+    advantages of overlong-shaped rewards; ``dynamic_sampling`` switches the stage's zero-variance filter."""
+
+    eps_low: float = 0.2
+    """Lower clip range (paper: 0.2)."""
+    eps_high: float = 0.28
+    """Upper clip range, clip-higher (paper: 0.28)."""
+    dynamic_sampling: bool = True
+    """Drop zero-variance groups and refill the batch (the GRPO stage's filter_zero_variance)."""
+    overlong_shaping: bool = True
+    """Add the soft overlong punishment r_len to each reward before the group normalisation."""
+    overlong_max_len: int | None = None
+    """L_max of the shaping: the rollout's max_new_tokens (required when overlong_shaping is on)."""
+    overlong_buffer: int | None = None
+    """L_cache, the soft-punishment buffer in tokens; None: L_max // 5 (the paper's 4,096 of 20,480)."""
+    overlong_factor: float = 1.0
+    """Scale of r_len added to the reward (paper: 1)."""
+    kl_coef: float = 0.0
+    """β of a KL term toward the reference in the loss (paper: 0, DAPO drops the KL)."""
+    kl_kind: str = "k3"
+    """KL estimator: k1, k2 or k3."""
+    adv_eps: float = 1e-6
+    """Added to the group std before dividing."""
+
+    def __post_init__(self) -> None:
+        check_policy_loss_fields("DAPOLoss", self.kl_kind)
+        if self.overlong_max_len is not None and self.overlong_max_len < 1:
+            raise ValueError(f"DAPOLoss.overlong_max_len={self.overlong_max_len}: must be >= 1")
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.kl_coef > 0
+
+    @property
+    def kl_in_advantages(self) -> bool:
+        return False
+
+    def buffer(self) -> int:
+        if self.overlong_max_len is None:
+            raise ValueError("DAPOLoss.overlong_max_len is not set: set it to the rollout's max_new_tokens "
+                             "(or overlong_shaping=False)")
+        return self.overlong_buffer if self.overlong_buffer is not None else max(self.overlong_max_len // 5, 1)
+
+    def shaped_rewards(self, rewards: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """rewards + overlong_factor·r_len(response length) (rewards unchanged without shaping)."""
+        if not self.overlong_shaping:
+            return rewards.float()
+        if mask is None:
+            raise ValueError("DAPOLoss.compute_advantages needs the response mask for the overlong shaping")
+        r_len = overlong_reward(mask.sum(-1), self.overlong_max_len or 0, self.buffer())
+        return rewards.float() + self.overlong_factor * r_len.to(rewards.device)
+
+    def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
+                           old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
+                           mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Group-normalised advantages [B] of the overlong-shaped rewards."""
+        return group_advantages(self.shaped_rewards(rewards, mask), group_uid, "group", self.adv_eps)
+
+    def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+                 advantages: torch.Tensor, mask: torch.Tensor, global_tokens: int | float | None = None,
+                 global_seqs: int | None = None, max_len: int | None = None,
+                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
+        losses, parts = clip_surrogate(logp, old_logp, advantages, self.eps_low, self.eps_high)
+        pg = aggregate(apply_weights(losses, weights), mask, "token-mean", **agg)
+        stats = {"pg_loss": to_float(pg), **ratio_stats(parts["ratio"], parts["log_ratio"], parts["clipped"], mask)}
+        loss = add_kl_term(pg, stats, "DAPOLoss", logp, ref_logp, mask, self.kl_coef, self.kl_kind, "token-mean", agg)
+        return loss, stats
