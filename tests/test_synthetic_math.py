@@ -1,7 +1,6 @@
 """Synthetic math: determinism, disjoint splits, correct answers, exporters readable."""
 from __future__ import annotations
 
-import random
 import re
 
 import pytest
