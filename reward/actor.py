@@ -21,6 +21,7 @@ import torch
 from rl.batch import RolloutBatch
 
 from .scorers import CombinedScorer, Component, FormatScorer, MathVerifierScorer, RewardModelScorer
+from .tool_scorers import ExtraTurnPenalty, ToolFormatScorer
 from .verifier import AnswerMode
 
 __all__ = ["RewardConfig", "RewardWorker", "RewardActor", "build_scorer"]
@@ -47,10 +48,16 @@ class RewardConfig:
     """Per-component, per-call time limit in seconds (None or 0: no limit)."""
     fallback_reward: float = 0.0
     """Reward given to rows whose scorer raised, timed out or returned a non-finite value."""
+    tool_format_weight: float = 0.0
+    """Multi-turn episodes: weight of the tool-call format reward ((ok - failed calls) / calls, in
+    [-1, 1]; 0 for episodes without calls); 0 drops it."""
+    extra_turn_penalty: float = 0.0
+    """Multi-turn episodes: reward lost per assistant turn beyond the first; 0 drops it."""
 
     def __post_init__(self) -> None:
         AnswerMode(self.answer_mode)  # ValueError names the bad value
-        for name in ("math_weight", "format_weight", "rm_weight", "fallback_reward"):
+        for name in ("math_weight", "format_weight", "rm_weight", "fallback_reward", "tool_format_weight",
+                     "extra_turn_penalty"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"RewardConfig.{name}={v!r}: must be a finite number")
@@ -72,10 +79,15 @@ def _load_reward_model(cfg: RewardConfig) -> RewardModelScorer:
 
 
 def build_scorer(cfg: RewardConfig) -> CombinedScorer:
-    """math (always; gives accuracy) + format (if weight != 0) + reward model (if configured)."""
+    """math (always; gives accuracy) + format, tool format, extra-turn penalty (each if its weight != 0)
+    + reward model (if configured)."""
     comps = [Component("math", MathVerifierScorer(cfg.answer_mode), cfg.math_weight)]
     if cfg.format_weight != 0:
         comps.append(Component("format", FormatScorer(), cfg.format_weight))
+    if cfg.tool_format_weight != 0:
+        comps.append(Component("tool_format", ToolFormatScorer(), cfg.tool_format_weight))
+    if cfg.extra_turn_penalty != 0:
+        comps.append(Component("extra_turns", ExtraTurnPenalty(), cfg.extra_turn_penalty))
     if cfg.rm_path and cfg.rm_weight != 0:
         comps.append(Component("rm", _load_reward_model(cfg), cfg.rm_weight))
     return CombinedScorer(comps, timeout_s=cfg.timeout_s or None, fallback_reward=cfg.fallback_reward)

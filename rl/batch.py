@@ -33,6 +33,14 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None # [B] float32, filled by the reward actor
     reward_info: dict[str, Any] = field(default_factory=dict)  # per-component means, error counts
     meta: dict[str, Any] = field(default_factory=dict)         # timings, engine name, ...
+    # multi-turn episodes (rollout.multiturn); None for single-turn batches. The response then holds
+    # every token after the prompt: the model's turns AND the tool observations / template glue
+    # between them. `response_mask` (the loss mask) is 1 only on the model's own tokens and
+    # `logprobs` are 0 elsewhere; `response_attn` is what the model attends to.
+    response_attn: torch.Tensor | None = None  # [B, R] int64, 1 on every real response token
+    turns: torch.Tensor | None = None          # [B] int64, assistant turns of the episode
+    tool_calls: torch.Tensor | None = None     # [B] int64, tool calls made (well-formed or not)
+    tool_errors: torch.Tensor | None = None    # [B] int64, calls that failed (malformed, tool error, timeout)
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -44,8 +52,13 @@ class RolloutBatch:
 
     @property
     def attention_mask(self) -> torch.Tensor:
-        """[B, P+R] 1 on real tokens (left pad and right pad are 0)."""
-        return torch.cat([self.prompt_mask, self.response_mask.to(self.prompt_mask.dtype)], dim=1)
+        """[B, P+R] 1 on real tokens (left pad and right pad are 0; tool observations are real)."""
+        resp = self.response_mask if self.response_attn is None else self.response_attn
+        return torch.cat([self.prompt_mask, resp.to(self.prompt_mask.dtype)], dim=1)
+
+    @property
+    def multiturn(self) -> bool:
+        return self.response_attn is not None
 
     def with_rewards(self, rewards: torch.Tensor, info: dict[str, Any] | None = None) -> "RolloutBatch":
         return replace(self, rewards=rewards.float(), reward_info=dict(info or {}))
@@ -63,6 +76,7 @@ class RolloutBatch:
             prompt_keys=pick(self.prompt_keys), answers=pick(self.answers),
             response_text=pick(self.response_text),
             rewards=None if self.rewards is None else self.rewards[idx_t],
+            **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in EPISODE_FIELDS},
         )
 
     @staticmethod
@@ -81,6 +95,14 @@ class RolloutBatch:
         rewards = None
         if all(b.rewards is not None for b in batches):
             rewards = torch.cat([b.rewards for b in batches])
+        kinds = {b.multiturn for b in batches}
+        if len(kinds) > 1:
+            raise ValueError("RolloutBatch.concat: multi-turn and single-turn batches cannot be joined "
+                             "(use one rollout worker type per run)")
+        episode: dict[str, Any] = {}
+        if kinds == {True}:
+            episode = {f: torch.cat([getattr(b, f) for b in batches]) for f in EPISODE_FIELDS[1:]}
+            episode["response_attn"] = cat("response_attn", rpad, R, 0)
         temps = {b.temperature for b in batches}
         if len(temps) > 1:
             raise ValueError(f"RolloutBatch.concat: rows sampled at different temperatures {sorted(temps)}")
@@ -98,7 +120,12 @@ class RolloutBatch:
             rewards=rewards,
             reward_info=_merge_info([b.reward_info for b in batches], [len(b) for b in batches]),
             meta=_merge_info([b.meta for b in batches], [len(b) for b in batches]),
+            **episode,
         )
+
+
+EPISODE_FIELDS = ("response_attn", "turns", "tool_calls", "tool_errors")
+"""The per-row fields of multi-turn episodes (None together on single-turn batches)."""
 
 
 def _merge_info(infos: list[dict[str, Any]], rows: list[int]) -> dict[str, Any]:
