@@ -26,6 +26,9 @@ def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
         vals = [(float(b.reward_info[key]), len(b)) for b in batches if key in b.reward_info]
         if vals:
             out[key] = sum(v * n for v, n in vals) / rows
+    if all(b.multiturn for b in batches):   # tool-use episodes: turns and calls per episode
+        for key in ("turns", "tool_calls", "tool_errors"):
+            out[key] = float(sum(getattr(b, key).sum() for b in batches)) / rows
     return out
 
 

@@ -3,10 +3,12 @@ built-in math data through the same learner, cached in <run_dir>/bootstrap and r
 was made with the same settings."""
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Sequence
 
 from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
 
@@ -19,13 +21,17 @@ class BootstrapMismatch(ValueError):
     """A cached bootstrap made with other settings than the ones asked for."""
 
 
-def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
+def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, extra_texts: Sequence[str] = ()) -> Path:
     """Pretrain then SFT a small model on the built-in math data; cached: reused when present and
-    made with the same settings (recorded in bootstrap/settings.json), an error otherwise."""
+    made with the same settings (recorded in bootstrap/settings.json), an error otherwise.
+    `extra_texts` join the pretraining corpus AND the tokenizer's training text (e.g. rendered
+    tool-use chats, so that the tools block of a prompt costs a few tokens instead of hundreds)."""
     root = run_dir / "bootstrap"
     sft_final = root / "sft" / "final"
     record = root / "settings.json"
     wanted = {**asdict(cfg), "seed": seed}
+    if extra_texts:
+        wanted["extra_texts"] = hashlib.sha256("\x00".join(extra_texts).encode()).hexdigest()[:16]
     if (sft_final / "model.safetensors").is_file():
         made = json.loads(record.read_text()) if record.is_file() else None
         if made != wanted:
@@ -42,9 +48,26 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
         return sft_final
     print(f"[bootstrap] no --init: pretraining + SFT of a '{cfg.preset}' model on built-in math "
           f"(cached in {root})")
+    data = tokenizer = None
+    if extra_texts:
+        data, tokenizer = _corpus_with(root, cfg, seed, extra_texts)
     run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
-                                steps=cfg.pretrain_steps, seed=seed))
+                                steps=cfg.pretrain_steps, seed=seed, data=data, tokenizer=tokenizer))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
                       steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0))
     record.write_text(json.dumps(wanted, indent=2))
     return sft_final
+
+
+def _corpus_with(root: Path, cfg: BootstrapConfig, seed: int, extra: Sequence[str]) -> tuple[str, str]:
+    """(pretrain jsonl, tokenizer folder): the built-in pretraining text of (n_train, seed) plus
+    `extra`, and a tokenizer trained on exactly that text, as the pretrain recipe trains its own."""
+    from learner.recipes.config import PretrainConfig as _P
+    from minimind.data import synthetic_math as sm
+    from minimind.tokenizer import train_tokenizer
+
+    texts = sm.pretrain_texts(sm.generate_problems(cfg.n_train, seed, "train")) + list(extra)
+    data = sm.write_jsonl(({"text": t} for t in texts), root / "data" / "pretrain.jsonl")
+    tok_dir = root / "tokenizer"
+    train_tokenizer(texts, vocab_size=_P().vocab_size, split_digits=True).save(tok_dir)
+    return str(data), str(tok_dir)

@@ -30,7 +30,13 @@ def summarize(batch: RolloutBatch) -> dict[str, float]:
     info = {k: float(v) for k, v in batch.reward_info.items() if isinstance(v, (int, float))}
     info.update(reward_mean=float(batch.rewards.mean()), rows=float(len(batch)),
                 response_length=float(batch.response_mask.sum(1).mean()))
+    if batch.multiturn:   # tool-use episodes: how they used the tools
+        info.update({k: float(getattr(batch, k).float().mean()) for k in EPISODE_STATS})
     return info
+
+
+EPISODE_STATS = ("turns", "tool_calls", "tool_errors")
+"""Per-episode counts of multi-turn batches that evaluations report (as <mode>_<name>)."""
 
 
 @ray.remote(num_cpus=0)
@@ -100,26 +106,31 @@ class RLDriver:
         self.pending = (self.launch(self.next_prompts(self.cfg.prompts_per_step)), self.version)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, max_new_tokens: int | None = None, samples: int = 0) -> dict[str, float]:
+    def evaluate(self, max_new_tokens: int | None = None, samples: int = 0, prompts: list[dict] | None = None,
+                 prefix: str = "eval") -> dict[str, float]:
         """Exact-match accuracy on the held-out prompts: greedy (one answer each) and, with
         `samples` > 0, of the policy itself (that many samples each at the rollout temperature,
-        the distribution RL optimises)."""
-        if not self.eval_prompts:
+        the distribution RL optimises). `prompts` (default: the driver's held-out prompts) with
+        `prefix` naming the keys (<prefix>_accuracy, <prefix>_sampled_accuracy, ...); multi-turn
+        batches add <prefix>_turns, _tool_calls and _tool_errors per episode."""
+        prompts = self.eval_prompts if prompts is None else [dict(p, uid=i) for i, p in enumerate(prompts)]
+        if not prompts:
             return {}
-        modes = {"eval": {"n": 1, "temperature": 0.0}}
+        modes = {prefix: {"n": 1, "temperature": 0.0}}
         if samples:
-            modes["eval_sampled"] = {"n": samples}
+            modes[f"{prefix}_sampled"] = {"n": samples}
         refs = {}
         for name, sampling in modes.items():
             if max_new_tokens:
                 sampling["max_new_tokens"] = max_new_tokens
-            refs[name] = [summarize.remote(r) for r in self.launch(self.eval_prompts, sampling)]
+            refs[name] = [summarize.remote(r) for r in self.launch(prompts, sampling)]
         out = {}
         for name, stats in ((n, ray.get(r)) for n, r in refs.items()):
             rows = sum(s["rows"] for s in stats)
             mean = lambda key: sum(s.get(key, 0.0) * s["rows"] for s in stats) / rows  # noqa: E731
             out.update({f"{name}_accuracy": mean("accuracy"), f"{name}_reward": mean("reward_mean"),
                         f"{name}_response_length": mean("response_length")})
+            out.update({f"{name}_{k}": mean(k) for k in EPISODE_STATS if all(k in s for s in stats)})
         return out
 
     # ------------------------------------------------------------------ training

@@ -14,9 +14,9 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -51,6 +51,9 @@ class Prepared:
     tokenizer_dir: Path
     train_prompts: list[dict]      # {"prompt", "key", "answer"}
     eval_prompts: list[dict]
+    extra_evals: dict[str, list[dict]] = field(default_factory=dict)
+    """More held-out sets evaluated before and after (name -> prompts; keys <name>_accuracy, ...),
+    e.g. the tool recipe's questions without the tools."""
 
 
 def prepare(cfg: MathRLConfig) -> Prepared:
@@ -102,11 +105,15 @@ def policy_config(init: Path) -> MiniMindConfig:
     return load_model(init).config
 
 
-def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> ActorGroups:
+def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: Any = None,
+                 rollout_kwargs: dict | None = None) -> ActorGroups:
+    """Learner, rollout workers (`rollout_actor` with `rollout_kwargs`: default RolloutActor) and
+    reward actors, placed on the device."""
     from learner.actor import LearnerActor
     from reward.actor import RewardActor
     from rollout.worker import RolloutActor
 
+    rollout_actor = rollout_actor or RolloutActor
     res = placement(device, cfg.rollout_workers, cfg.reward_workers, bool(cfg.reward.rm_path))
     model_cfg = policy_config(prep.init_dir).to_dict()
     threads = cfg.threads or os.cpu_count() or 1
@@ -114,9 +121,10 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str) -> ActorGroups:
     learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
         lambda: make_learner(cfg, prep.init_dir, device), threads=threads)
     restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
-    rollouts = [RolloutActor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
-                                     **restart).remote(
-        cfg.rollout, model_cfg, str(prep.tokenizer_dir), device=device, worker_index=i, threads=threads)
+    rollouts = [rollout_actor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
+                                      **restart).remote(
+        cfg.rollout, model_cfg, str(prep.tokenizer_dir), device=device, worker_index=i, threads=threads,
+        **(rollout_kwargs or {}))
         for i in range(cfg.rollout_workers)]
     rewards = [RewardActor.options(name=f"reward-{j}", **res["reward"], **restart).remote(cfg.reward)
                for j in range(cfg.reward_workers)]
@@ -142,18 +150,21 @@ def init_spo_tracker(driver: RLDriver, actors: ActorGroups, samples: int) -> Non
     actors.learner.init_tracker(rewards_by_key)
 
 
-def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
+def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,
+                start_fn: Callable[[Any, Prepared, str], ActorGroups] = start_actors) -> dict[str, Any]:
+    """The whole run; `prepare_fn` / `start_fn` replace the data preparation and the actor start-up
+    (rl.tools_recipe: tool-use prompts and multi-turn rollout workers)."""
     import ray
 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
-    prep = prepare(cfg)
+    prep = prepare_fn(cfg)
     ckpt_dir = str((run_dir / "checkpoint").resolve())
     if cfg.resume and find_checkpoint(ckpt_dir) is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
     init_ray(cfg.address, cfg.dashboard, cfg.dashboard_host, overlapping=cfg.driver.off_policy)
     device = resolve_device(cfg.device)
-    actors = start_actors(cfg, prep, device)
+    actors = start_fn(cfg, prep, device)
     print_placement(actors.named())
     (run_dir / "config.json").write_text(json.dumps({"algo": cfg.algo, **config_to_dict(cfg)}, indent=2))
     if not cfg.resume and (run_dir / "metrics.jsonl").exists():
@@ -181,6 +192,9 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
                 print(f"[eval] before {cfg.algo}: held-out accuracy greedy {before['eval_accuracy']:.3f}"
                       + (f", sampled {before['eval_sampled_accuracy']:.3f}" if cfg.eval_samples else "")
                       + f" on {len(prep.eval_prompts)} prompts ({time.perf_counter() - t0:.1f}s)")
+            for name, prompts in prep.extra_evals.items():
+                before.update(driver.evaluate(max_new, cfg.eval_samples, prompts, name))
+            if before:
                 logger.log(0, **before)
             driver.extra["before"] = before
         first_step = driver.step_count
@@ -188,6 +202,8 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
         history = driver.run()
         rl_s = time.perf_counter() - t_rl
         after = driver.evaluate(max_new, cfg.eval_samples)
+        for name, prompts in prep.extra_evals.items():
+            after.update(driver.evaluate(max_new, cfg.eval_samples, prompts, name))
         if after:
             logger.log(driver.step_count, **after)
         state = ray.get(actors.learner.weights(driver.version))

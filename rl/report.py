@@ -22,6 +22,7 @@ def summarize_run(cfg: Any, before: dict, after: dict, history: list[dict], firs
         "learn_seconds_per_step": round(mean("learn_seconds"), 3),
         "tokens_per_second": round(mean("tokens_per_second"), 1),
         "run_dir": cfg.run_dir,
+        "eval_before": before, "eval_after": after,   # every evaluation key (extra held-out sets included)
     }
 
 

@@ -1,0 +1,80 @@
+"""Built-in tool-use math (no download): arithmetic a small model cannot do in its head but does
+exactly with a calculator tool.
+
+  easy   2-digit x 1/2-digit products, sums of three 2-digit numbers   "What is 47 * 8?"
+  hard   3-digit x 2/3-digit products, sums of four 3/4-digit numbers   "What is 347 * 862?"
+
+SFT chats show the tool-call format on EASY problems only (MiniMind-3 layout: the tool list on the
+user message as `tools`, the call as the assistant's `tool_calls`, the result as a `tool` message,
+then the answer as `#### N`); RL and held-out prompts are HARD problems. Train and test are disjoint
+by the same question-hash split as minimind.data.synthetic_math.
+"""
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+from .synthetic_math import MAX_TRIES, MathProblem, split_of
+
+DIFFICULTIES = ("easy", "hard")
+
+
+def _product(rng: random.Random, a_digits: tuple[int, int], b_digits: tuple[int, int], level: str) -> MathProblem:
+    a = rng.randint(10 ** (a_digits[0] - 1), 10 ** a_digits[1] - 1)
+    b = rng.randint(max(2, 10 ** (b_digits[0] - 1)), 10 ** b_digits[1] - 1)
+    return _problem(f"What is {a} * {b}?", f"{a} * {b}", a * b, level)
+
+
+def _sum(rng: random.Random, terms: int, lo: int, hi: int, level: str) -> MathProblem:
+    xs = [rng.randint(lo, hi) for _ in range(terms)]
+    expr = " + ".join(map(str, xs))
+    return _problem(f"What is {expr}?", expr, sum(xs), level)
+
+
+def _problem(question: str, expression: str, value: int, level: str) -> MathProblem:
+    # the solution field holds the calculator expression (what the tool call carries)
+    return MathProblem(question, str(value), expression, DIFFICULTIES.index(level) + 5)
+
+
+GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {
+    "easy": lambda rng: (_product(rng, (2, 2), (1, 2), "easy") if rng.random() < 0.5
+                         else _sum(rng, 3, 10, 99, "easy")),
+    "hard": lambda rng: (_product(rng, (3, 3), (2, 3), "hard") if rng.random() < 0.5
+                         else _sum(rng, 4, 100, 9999, "hard")),
+}
+
+
+def tool_problems(n: int, seed: int, split: str, level: str) -> list[MathProblem]:
+    """`n` distinct problems of `level` ('easy' | 'hard') in `split` ('train' | 'test')."""
+    if split not in ("train", "test") or level not in GENERATORS:
+        raise ValueError(f"tool_problems: split must be train|test (got {split!r}), level easy|hard (got {level!r})")
+    rng = random.Random(f"{seed}-{level}-{split}")
+    seen: set[str] = set()
+    out: list[MathProblem] = []
+    misses = 0
+    while len(out) < n and misses < MAX_TRIES:
+        p = GENERATORS[level](rng)
+        if p.question in seen or split_of(p.question) != split:
+            misses += 1
+            continue
+        seen.add(p.question)
+        out.append(p)
+        misses = 0
+    return out
+
+
+def tool_chat(p: MathProblem, tools: Sequence[dict]) -> dict:
+    """One SFT conversation: question (with the tool list) -> tool call -> result -> '#### N'."""
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": p.solution}}}
+    return {"conversations": [
+        {"role": "user", "content": p.question, "tools": list(tools)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": p.answer},
+        {"role": "assistant", "content": f"#### {p.answer}"},
+    ]}
+
+
+def tool_prompts(problems: Sequence[MathProblem], tools: bool = True, prefix: str = "") -> list[dict]:
+    """RL / evaluation prompts for rollout.tool_worker: {"messages", "key", "answer", "tools"}."""
+    return [{"messages": [{"role": "user", "content": p.question}], "answer": p.answer, "tools": tools,
+             "key": f"{prefix}{'tool' if tools else 'plain'}:{p.question}"} for p in problems]
