@@ -192,3 +192,33 @@ def test_tool_episode_rewards():
     assert torch.allclose(plain.rewards, torch.tensor([1.0, 1.0, 0.0, 1.0]))   # no episode fields: no tool terms
     with pytest.raises(ValueError, match="tool_format_weight"):
         RewardConfig(tool_format_weight=float("nan"))
+
+
+def test_tool_math_data():
+    """Easy SFT chats render (through the template) a calculator call whose result is the answer; hard
+    problems are out of the model's head (products of 3-digit numbers, sums of four 3/4-digit numbers);
+    train and test are disjoint; no-tool prompts are the same questions."""
+    from minimind.data import synthetic_math as sm
+    from minimind.data import tool_math as tm
+    from minimind.data.readers import chat_tools
+    from minimind.tokenizer import render_chat
+
+    tools = ToolRegistry().add(calculator_tool())
+    easy = tm.tool_problems(40, 0, "train", "easy")
+    for p in easy:
+        msgs, t = chat_tools(tm.tool_chat(p, tools.schemas())["conversations"])
+        text = render_chat(msgs, tools=t)
+        turn = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
+        (call,) = parse_tool_calls(turn)
+        assert tools.call(call["name"], call["arguments"]).text == p.answer
+        assert text.endswith(f"<|im_start|>assistant\n#### {p.answer}<|im_end|>\n")
+    hard_train = tm.tool_problems(300, 0, "train", "hard")
+    hard_test = tm.tool_problems(100, 1, "test", "hard")
+    assert len(hard_test) == 100 and not {p.question for p in hard_train} & {p.question for p in hard_test}
+    assert all(sm.split_of(p.question) == "test" for p in hard_test)
+    assert min(int(p.answer) for p in hard_train) >= 400 and max(len(p.answer) for p in hard_train) >= 6
+    assert all(Calculator()(p.solution) == p.answer for p in hard_train)
+    with_tool, plain = tm.tool_prompts(hard_test[:3]), tm.tool_prompts(hard_test[:3], tools=False)
+    assert [p["messages"] for p in with_tool] == [p["messages"] for p in plain]
+    assert [p["tools"] for p in with_tool + plain] == [True] * 3 + [False] * 3
+    assert len({p["key"] for p in with_tool + plain}) == 6
