@@ -181,6 +181,10 @@ def test_rl_stages_update_on_multiturn_batches(tok, algo):
     stats = learner.train_step(batch)
     assert stats["updates"] == 2 and stats["logprob_gap"] < 1e-5
     assert any(not torch.equal(before[k], v) for k, v in learner.model.state_dict().items())
+    if algo == "spo":   # the drift rescoring keeps the first turn (its context has no observation)
+        first = int((batch.response_mask[0] == 0).nonzero()[0])
+        assert stage.tracker.remembered(batch.prompt_keys[0])[1] == batch.response_ids[0, :first].tolist()
+        assert learner.train_step(batch)["drift_mean"] > 0     # rescored after an update: the policy moved
 
 
 def test_multiturn_batches_select_and_concat(tok):

@@ -77,6 +77,8 @@ class SPOStage(RLStage):
         old = exp.old_logp.cpu()
         for i, key in enumerate(keys):
             p, r = batch.prompt_mask[i].bool(), batch.response_mask[i].bool()
+            if batch.multiturn:   # remember the first turn only: later turns' contexts hold observations
+                r = r & ((~r).cumsum(0) == 0)
             self.tracker.remember(key, batch.prompt_ids[i][p].tolist(), batch.response_ids[i][r].tolist(),
                                   old[i][r].tolist())
         stats = self.batch_stats(batch, stats)
