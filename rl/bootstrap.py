@@ -19,7 +19,7 @@ class BootstrapMismatch(ValueError):
     """A cached bootstrap made with other settings than the ones asked for."""
 
 
-def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
+def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: bool = True) -> Path:
     """Pretrain then SFT a small model on the built-in math data; cached: reused when present and
     made with the same settings (recorded in bootstrap/settings.json), an error otherwise."""
     root = run_dir / "bootstrap"
@@ -43,8 +43,9 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int) -> Path:
     print(f"[bootstrap] no --init: pretraining + SFT of a '{cfg.preset}' model on built-in math "
           f"(cached in {root})")
     run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
-                                steps=cfg.pretrain_steps, seed=seed))
+                                steps=cfg.pretrain_steps, seed=seed, progress=progress))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
-                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0))
+                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0,
+                      progress=progress))
     record.write_text(json.dumps(wanted, indent=2))
     return sft_final

@@ -58,7 +58,7 @@ class Prepared:
 def prepare(cfg: MathRLConfig) -> Prepared:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed)
+    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed, cfg.progress)
     if not init.exists():
         raise FileNotFoundError(f"--init {init}: no such checkpoint")
     init_folder = init if init.is_dir() else init.parent
