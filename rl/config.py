@@ -181,6 +181,8 @@ class SPOMathConfig(MathRLConfig):
     """SPO on verifiable math: one sample per prompt, a persistent per-prompt Beta tracker baseline,
     prompts sampled where the policy is most uncertain."""
     algo: ClassVar[str] = "spo"
+    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
+                                                  "spo_init_samples": "init_samples", "spo_prompts": "prompts"}
     run_dir: str = "runs/spo_math"
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
