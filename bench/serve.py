@@ -126,8 +126,8 @@ def main() -> None:
 
     import ray
 
-    from serve.app import start
-    from serve.engine import EngineConfig
+    from serving.app import start
+    from serving.engine import EngineConfig
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     served = start(model=ckpt, port=free_port(), name="bench", num_cpus=1,

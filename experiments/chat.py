@@ -60,8 +60,8 @@ class LocalChat:
     """The server's own engine in this process (no Ray, no HTTP): same template, same sampling."""
 
     def __init__(self, cfg: ChatConfig):
-        from serve.config import ServeConfig
-        from serve.server import ModelServer, load_checkpoint
+        from serving.config import ServeConfig
+        from serving.server import ModelServer, load_checkpoint
 
         scfg = ServeConfig(model=cfg.model, init=cfg.init, tokenizer=cfg.tokenizer,
                            default_max_tokens=cfg.max_tokens)

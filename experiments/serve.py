@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from learner.cli import parse_config  # noqa: E402
-from serve.config import ServeConfig  # noqa: E402
+from serving.config import ServeConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"serve.py: {e}")
     if cfg.engine == "vllm":
-        from serve.vllm_backend import unavailable
+        from serving.vllm_backend import unavailable
 
         why = unavailable(None, cfg.device)   # the model's head size is checked again by each replica
         if why:
             sys.exit(f"serve.py: {why}")
     import ray
 
-    from serve.app import start
+    from serving.app import start
 
     if cfg.ray_address:
         ray.init(address=cfg.ray_address)

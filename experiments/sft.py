@@ -1,7 +1,7 @@
 """Supervised fine-tuning (loss on assistant tokens only), then held-out math accuracy.
 
     python experiments/pretrain.py && python experiments/sft.py     # CPU demo, a few minutes each
-    python experiments/sft.py --init runs/pretrain/final --steps 400 --lr 1e-3
+    python experiments/sft.py --init runs/pretrain/final --steps 400 --optim.lr 1e-3
     python experiments/sft.py --init full_sft_512.pth --tokenizer minimind_tokenizer/ --data sft_mini_512.jsonl
 
 Starts from --init (default runs/pretrain/final; a MiniMind .pth is accepted too), trains on the built-in

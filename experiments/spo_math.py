@@ -1,7 +1,7 @@
 """SPO on verifiable math problems, on Ray.
 
     python experiments/spo_math.py                        # CPU, no downloads: bootstraps a small model
-    python experiments/spo_math.py --driver.steps 100 --rollout.group-size 8 --rollout-workers 2
+    python experiments/spo_math.py --driver.steps 100 --driver.prompts-per-step 128 --rollout-workers 2
     python experiments/spo_math.py --init runs/sft/final --dataset gsm8k_train.jsonl --test-dataset gsm8k_test.jsonl
     python experiments/spo_math.py --address auto         # on a cluster started with `ray up cluster.yaml`
 

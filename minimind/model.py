@@ -20,6 +20,9 @@ from torch import nn
 
 from .config import MiniMindConfig
 
+IGNORE_INDEX = -100
+"""Label of a token that carries no loss (what torch's cross_entropy ignores by default)."""
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -376,7 +379,7 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 
     Shifting the labels instead of slicing the [B, T, V] logits avoids a full copy forward and a
     zero-filled full-size gradient backward (1.1-1.5x per training step on CPU)."""
-    return F.pad(labels[:, 1:], (0, 1), value=-100)
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
 def init_weights(module: nn.Module, std: float) -> None:
@@ -413,7 +416,7 @@ class MiniMindForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                   shift_labels(labels).reshape(-1), ignore_index=-100) + aux
+                                   shift_labels(labels).reshape(-1), ignore_index=IGNORE_INDEX) + aux
         return ModelOutput(logits=logits, hidden_states=h, loss=loss, aux_loss=aux)
 
     def num_parameters(self) -> int:

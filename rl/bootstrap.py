@@ -21,7 +21,8 @@ class BootstrapMismatch(ValueError):
     """A cached bootstrap made with other settings than the ones asked for."""
 
 
-def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, extra_texts: Sequence[str] = ()) -> Path:
+def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: bool = True,
+                     extra_texts: Sequence[str] = ()) -> Path:
     """Pretrain then SFT a small model on the built-in math data; cached: reused when present and
     made with the same settings (recorded in bootstrap/settings.json), an error otherwise.
     `extra_texts` join the pretraining corpus AND the tokenizer's training text (e.g. rendered
@@ -52,9 +53,11 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, extra_texts
     if extra_texts:
         data, tokenizer = _corpus_with(root, cfg, seed, extra_texts)
     run_pretrain(PretrainConfig(run_dir=str(root / "pretrain"), preset=cfg.preset, n_train=cfg.n_train,
-                                steps=cfg.pretrain_steps, seed=seed, data=data, tokenizer=tokenizer))
+                                steps=cfg.pretrain_steps, seed=seed, progress=progress, data=data,
+                                tokenizer=tokenizer))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
-                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0))
+                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0,
+                      progress=progress))
     record.write_text(json.dumps(wanted, indent=2))
     return sft_final
 

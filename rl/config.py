@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from learner.config import OptimConfig
 from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, SPOTracker
 from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter
+from minimind.checkpoint import PthOptions
 from minimind.generate import SamplingParams
 from reward.actor import RewardConfig
 from rl.driver import DriverConfig
@@ -55,6 +56,11 @@ class MathRLConfig:
     """Held-out prompts in the same format; none = the built-in TEST split."""
     n_prompts: int = 4000
     """Built-in RL training prompts."""
+    max_prompt_tokens: int | None = None
+    """Longer prompts are dropped when the data is read (counted, reported in skipped_lines.jsonl);
+    none: the policy's context minus the response budget."""
+    truncate_long_prompts: bool = False
+    """Cut over-long prompts from the left instead of dropping them."""
     eval_size: int = 1000
     """Held-out prompts for the before/after accuracy (0 skips the evaluation)."""
     eval_samples: int = 8
@@ -86,7 +92,17 @@ class MathRLConfig:
     """Continue from <run_dir>/checkpoint (learner, optimizer, SPO tracker, prompt position, seeds)."""
     progress: bool = True
     """Show a progress bar."""
+    serve: bool = False
+    """Live policy view: serve the policy (OpenAI-compatible API and chat page, see docs/serving.md) while
+    it trains, its weights pushed from the learner's weights ref (never from disk)."""
+    serve_every: int = 10
+    """With --serve: push the policy's weights to the server every this many versions (and at the end)."""
+    serve_host: str = "127.0.0.1"
+    """With --serve: bind address (0.0.0.0 exposes it on the network)."""
+    serve_port: int = 8000
+    """With --serve: HTTP port."""
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    pth: PthOptions = field(default_factory=PthOptions)
     optim: OptimConfig = field(default_factory=_optim)
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=8, max_new_tokens=40)))
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -99,6 +115,10 @@ class MathRLConfig:
         if self.rollout_workers < 1 or self.reward_workers < 1:
             raise ValueError(f"--rollout-workers={self.rollout_workers} and --reward-workers="
                              f"{self.reward_workers} must be >= 1")
+        if self.serve_every < 1:
+            raise ValueError(f"--serve-every={self.serve_every} must be >= 1")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
+            raise ValueError(f"--max-prompt-tokens={self.max_prompt_tokens} must be >= 1 (or none)")
         if self.eval_size < 0 or self.eval_samples < 0 or self.n_prompts < 1:
             raise ValueError(f"--eval-size={self.eval_size} and --eval-samples={self.eval_samples} must be "
                              f">= 0, --n-prompts={self.n_prompts} >= 1")
@@ -161,6 +181,8 @@ class SPOMathConfig(MathRLConfig):
     """SPO on verifiable math: one sample per prompt, a persistent per-prompt Beta tracker baseline,
     prompts sampled where the policy is most uncertain."""
     algo: ClassVar[str] = "spo"
+    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
+                                                  "spo_init_samples": "init_samples", "spo_prompts": "prompts"}
     run_dir: str = "runs/spo_math"
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))

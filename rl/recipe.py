@@ -21,17 +21,18 @@ from typing import Any, Callable
 import torch
 
 from learner.cli import config_to_dict, parse_config
+from learner.errors import run_or_exit
 from learner.learner import Learner, find_checkpoint
 from learner.metrics import MetricsLogger, plot_metrics
-from minimind.checkpoint import load_model, read_checkpoint_config, save_model
+from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
 from minimind.config import MiniMindConfig
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
-from minimind.tokenizer import MiniMindTokenizer
+from minimind.tokenizer import MiniMindTokenizer, check_fits
 
 from .actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
-from .bootstrap import BootstrapMismatch, bootstrap_policy
+from .bootstrap import bootstrap_policy
 from .config import MathRLConfig
 from .driver import RLDriver, summarize_groups
 from .ray_session import init_ray, placement, print_placement, resolve_device
@@ -51,6 +52,7 @@ class Prepared:
     tokenizer_dir: Path
     train_prompts: list[dict]      # {"prompt", "key", "answer"}
     eval_prompts: list[dict]
+    model_config: MiniMindConfig   # the policy's, with the --pth.* values a .pth cannot tell
     extra_evals: dict[str, list[dict]] = field(default_factory=dict)
     """More held-out sets evaluated before and after (name -> prompts; keys <name>_accuracy, ...),
     e.g. the tool recipe's questions without the tools."""
@@ -59,28 +61,36 @@ class Prepared:
 def prepare(cfg: MathRLConfig) -> Prepared:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed)
+    init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed, cfg.progress)
     if not init.exists():
         raise FileNotFoundError(f"--init {init}: no such checkpoint")
     init_folder = init if init.is_dir() else init.parent
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else init_folder
     if not (tok_dir / "tokenizer.json").is_file() and not tok_dir.name.endswith(".json"):
         raise FileNotFoundError(f"no tokenizer.json in {tok_dir}: pass --tokenizer")
+    tok = MiniMindTokenizer.load(tok_dir)
+    model_cfg = policy_config(init, cfg.pth)
+    check_fits(tok, model_cfg, tokenizer_flag="--tokenizer")
+    limit = cfg.max_prompt_tokens or model_cfg.max_position_embeddings - cfg.rollout.sampling.max_new_tokens
+    read = dict(tokenizer=tok, max_prompt_tokens=limit, truncate_long_prompts=cfg.truncate_long_prompts,
+                report_path=run_dir / "skipped_lines.jsonl")
     if cfg.dataset:
-        train = RLPromptDataset(cfg.dataset).driver_prompts()
+        train = RLPromptDataset(cfg.dataset, **read).driver_prompts()
     else:
-        # problems SFT did not see (its own seed stream; still the train split, so the held-out test
-        # split stays disjoint)
-        problems = sm.generate_problems(cfg.n_prompts, derive_seed(cfg.seed, "rl-prompts") % 2**31, "train")
-        train = RLPromptDataset(sm.rl_records(problems)).driver_prompts()
+        # problems SFT did not see (their own seed stream; still the train split, so the held-out
+        # test split stays disjoint)
+        problems = sm.generate_problems(cfg.n_prompts, derive_seed(cfg.seed, "rl-prompts"), "train")
+        train = RLPromptDataset(sm.rl_records(problems), **read).driver_prompts()
     if cfg.test_dataset:
-        test = RLPromptDataset(cfg.test_dataset).driver_prompts()[: cfg.eval_size]
+        test = RLPromptDataset(cfg.test_dataset, **read).driver_prompts()[: cfg.eval_size]
+    elif cfg.eval_size:
+        test = RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test")),
+                               **read).driver_prompts()
     else:
-        test_problems = sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test") if cfg.eval_size else []
-        test = RLPromptDataset(sm.rl_records(test_problems)).driver_prompts() if test_problems else []
+        test = []
     if cfg.algo == "spo":
         train = train[: cfg.prompts]
-    return Prepared(init, tok_dir, train, test)
+    return Prepared(init, tok_dir, train, test, model_cfg)
 
 
 def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
@@ -88,7 +98,7 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
     if device == "cpu" and cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(derive_seed(cfg.seed, "learner"))
-    policy = load_model(init, dtype=torch.float32)
+    policy = load_model(init, dtype=torch.float32, **cfg.pth.kwargs())
     ref = copy.deepcopy(policy)  # same weights: no second read and parse of the checkpoint
     critic = None
     if cfg.algo == "ppo":
@@ -97,12 +107,12 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
     return Learner(policy, cfg.stage(), cfg.optim.for_run(cfg.updates), ref_model=ref, critic=critic, device=device)
 
 
-def policy_config(init: Path) -> MiniMindConfig:
+def policy_config(init: Path, pth: PthOptions | None = None) -> MiniMindConfig:
     """The policy's config without loading its weights in the driver when a config.json says it
     (a bare MiniMind .pth has none: its config is inferred from the tensors, which needs them)."""
     if init.is_dir() or (init.suffix == ".safetensors" and (init.parent / "config.json").is_file()):
         return read_checkpoint_config(init)[0]
-    return load_model(init).config
+    return load_model(init, **(pth or PthOptions()).kwargs()).config
 
 
 def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: Any = None,
@@ -115,7 +125,7 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: 
 
     rollout_actor = rollout_actor or RolloutActor
     res = placement(device, cfg.rollout_workers, cfg.reward_workers, bool(cfg.reward.rm_path))
-    model_cfg = policy_config(prep.init_dir).to_dict()
+    model_cfg = prep.model_config.to_dict()
     threads = cfg.threads or os.cpu_count() or 1
     custom = lambda r: {"resources": dict(r)} if r else {}  # noqa: E731  (pin to nodes by custom resource)
     learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
@@ -150,6 +160,17 @@ def init_spo_tracker(driver: RLDriver, actors: ActorGroups, samples: int) -> Non
     actors.learner.init_tracker(rewards_by_key)
 
 
+def start_live_view(cfg: MathRLConfig, prep: Prepared) -> Any:
+    """The serving app on this run's Ray cluster, on the starting policy; the driver pushes new weights."""
+    from serving.app import start
+
+    # the replica shares the cores with the actors: no CPU reservation, so it never blocks scheduling
+    served = start(model=prep.init_dir, tokenizer=prep.tokenizer_dir, host=cfg.serve_host, port=cfg.serve_port,
+                   num_cpus=0.0)
+    print(f"[serve] chat with the policy while it trains: {served.url}  (OpenAI API at {served.url}/v1)", flush=True)
+    return served
+
+
 def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,
                 start_fn: Callable[[Any, Prepared, str], ActorGroups] = start_actors) -> dict[str, Any]:
     """The whole run; `prepare_fn` / `start_fn` replace the data preparation and the actor start-up
@@ -172,10 +193,15 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
                            ray_metrics=True)
     sampler = make_sampler(cfg, prep.train_prompts, actors.learner)
+    served = start_live_view(cfg, prep) if cfg.serve else None
+
+    def on_step(step: int, stats: dict) -> None:
+        logger.log(step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
+        if served is not None and driver.version % cfg.serve_every == 0:
+            served.load_weights(driver.weights_ref, driver.version, wait=False)
+
     driver = RLDriver(cfg.driver, actors, prep.train_prompts, prep.eval_prompts, sampler, seed=cfg.seed,
-                      on_step=lambda step, stats: logger.log(step, **{k: v for k, v in stats.items()
-                                                                      if k not in ("step", "time")}),
-                      checkpoint_dir=ckpt_dir)
+                      on_step=on_step, checkpoint_dir=ckpt_dir)
     max_new = cfg.rollout.sampling.max_new_tokens
     try:
         if cfg.resume:
@@ -206,11 +232,16 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
             after.update(driver.evaluate(max_new, cfg.eval_samples, prompts, name))
         if after:
             logger.log(driver.step_count, **after)
-        state = ray.get(actors.learner.weights(driver.version))
+        state = ray.get(driver.weights_ref)
+        if served is not None:   # the final policy, acknowledged by every replica before the run ends
+            served.load_weights(driver.weights_ref, driver.version, wait=True)
+            print(f"[serve] policy version {driver.version} loaded by {served.running_replicas()} replica(s)")
     finally:
+        if served is not None:
+            served.shutdown()
         logger.close()
         ray.shutdown()
-    policy = load_model(prep.init_dir)
+    policy = load_model(prep.init_dir, **cfg.pth.kwargs())
     policy.load_state_dict(state)
     final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
     MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
@@ -227,7 +258,4 @@ def cli_main(config_cls: type[MathRLConfig], argv: list[str] | None = None) -> d
     cfg = parse_config(config_cls, argv)
     # Ctrl-C: raise KeyboardInterrupt in the driver so `finally` shuts Ray down cleanly
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run_math_rl(cfg)
-    except BootstrapMismatch as e:  # a message to act on, not a traceback
-        raise SystemExit(f"error: {e}") from None
+    return run_or_exit(lambda: run_math_rl(cfg))

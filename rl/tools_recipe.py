@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from learner.cli import parse_config
+from learner.errors import run_or_exit
 from learner.config import OptimConfig
 from minimind.data import synthetic_math as sm
 from minimind.data import tool_math as tm
 from minimind.generate import SamplingParams
-from minimind.tokenizer import render_chat
+from minimind.tokenizer import MiniMindTokenizer, check_fits, render_chat
 from reward.actor import RewardConfig
 from rollout.env import ToolEnv, ToolRegistry, calculator_tool
 from rollout.multiturn import EnvConfig
@@ -31,7 +32,7 @@ from rollout.worker import RolloutConfig
 from .bootstrap import BootstrapMismatch, bootstrap_policy
 from .config import BootstrapConfig, GRPOMathConfig
 from .driver import DriverConfig
-from .recipe import Prepared, run_math_rl, start_actors
+from .recipe import Prepared, policy_config, run_math_rl, start_actors
 from .seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,24 @@ def prepare_tools(cfg: ToolsGRPOConfig) -> Prepared:
         easy = tm.tool_problems(cfg.sft.n_pretrain_chats, seed, "train", "easy")
         texts = [render_chat([{k: v for k, v in m.items() if k != "tools"} for m in tm.tool_chat(p, tools)["conversations"]],
                              tools=tools) for p in easy]
-        base = bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed, extra_texts=texts)
+        base = bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed, cfg.progress, extra_texts=texts)
+    if not base.exists():
+        raise FileNotFoundError(f"--init {base}: no such checkpoint")
     init = _tool_sft(cfg, base, tools) if cfg.sft.steps else base
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else (init if init.is_dir() else init.parent)
+    tok = MiniMindTokenizer.load(tok_dir)
+    model_cfg = policy_config(init, cfg.pth)
+    check_fits(tok, model_cfg, tokenizer_flag="--tokenizer")
     train = tm.tool_problems(cfg.n_prompts, derive_seed(cfg.seed, "rl-prompts") % 2**31, "train", "hard")
     test = tm.tool_problems(cfg.eval_size, cfg.seed + 1, "test", "hard")
-    return Prepared(init, tok_dir, tm.tool_prompts(train), tm.tool_prompts(test),
+    train_p, test_p = tm.tool_prompts(train), tm.tool_prompts(test)
+    longest = max(len(tok.encode(tok.apply_chat_template(p["messages"], add_generation_prompt=True, tools=tools)))
+                  for p in train_p[:64] + test_p[:64])
+    if longest + cfg.env.max_total_tokens > model_cfg.max_position_embeddings:
+        raise ValueError(f"prompts of up to {longest} tokens plus --env.max-total-tokens={cfg.env.max_total_tokens} "
+                         f"exceed the policy's context of {model_cfg.max_position_embeddings} tokens: lower "
+                         f"--env.max-total-tokens")
+    return Prepared(init, tok_dir, train_p, test_p, model_cfg,
                     extra_evals={"notool": tm.tool_prompts(test, tools=False)} if test else {})
 
 
@@ -161,7 +174,4 @@ def cli_main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_config(ToolsGRPOConfig, argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return run_tools_rl(cfg)
-    except BootstrapMismatch as e:
-        raise SystemExit(f"error: {e}") from None
+    return run_or_exit(lambda: run_tools_rl(cfg))

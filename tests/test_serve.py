@@ -76,8 +76,8 @@ class Reference:
 def server(ray_local, tmp_path_factory):
     from ray import serve as rayserve
 
-    from serve.app import start
-    from serve.engine import EngineConfig
+    from serving.app import start
+    from serving.engine import EngineConfig
 
     ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
     served = start(model=ckpt, port=free_port(), max_n=4, batch=EngineConfig(max_batch_size=64, batch_wait_ms=20))

@@ -33,9 +33,10 @@ from minimind.checkpoint import load_model, save_model
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import BatchIterator
 from minimind.model import MiniMindForCausalLM
-from minimind.tokenizer import MiniMindTokenizer, train_tokenizer
+from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 
 from ..cli import config_to_dict, parse_config
+from ..errors import run_or_exit
 from ..learner import Learner
 from ..supervised import train_loop
 from .config import RecipeConfig
@@ -104,8 +105,8 @@ def _tokenizer(cfg: RecipeConfig, run_dir: Path) -> MiniMindTokenizer:
     if (own / "tokenizer.json").is_file():
         return MiniMindTokenizer.load(own)
     if init is not None:
-        log.warning("no tokenizer.json next to %s: training one on the built-in text; it must match the "
-                    "vocabulary the checkpoint was trained with (pass --tokenizer otherwise)", init)
+        raise FileNotFoundError(f"no tokenizer.json next to {init}: a checkpoint needs the tokenizer it was "
+                                f"trained with; pass --tokenizer <folder with tokenizer.json>")
     problems = sm.generate_problems(cfg.n_train, cfg.seed, "train")
     tok = train_tokenizer(sm.pretrain_texts(problems), vocab_size=cfg.vocab_size, split_digits=True)
     tok.save(own)
@@ -127,13 +128,31 @@ def prepare(cfg: RecipeConfig) -> Run:
     return Run(cfg, run_dir, device, tok, corpus)
 
 
-def load_init(path: str | Path, tok: MiniMindTokenizer, device: torch.device) -> MiniMindForCausalLM:
-    """A causal LM from a save_model folder or a MiniMind .pth, checked against the tokenizer."""
-    model = load_model(path, device=device, dtype=torch.float32)
-    if model.config.vocab_size < tok.vocab_size:
-        raise ValueError(f"{path}: model vocab_size={model.config.vocab_size} is smaller than the "
-                         f"tokenizer's {tok.vocab_size}; pass the tokenizer it was trained with (--tokenizer)")
+def load_init(run: Run, path: str | Path) -> MiniMindForCausalLM:
+    """A causal LM from a save_model folder or a MiniMind .pth (its unseen config values from --pth.*),
+    checked against the run's tokenizer: sizes or special ids that do not fit stop the run."""
+    model = load_model(path, device=run.device, dtype=torch.float32, **run.cfg.pth.kwargs())
+    check_fits(run.tokenizer, model.config, tokenizer_flag="--tokenizer")
     return model
+
+
+def is_minimind_pth(path: str | Path | None) -> bool:
+    return path is not None and Path(path).suffix in (".pth", ".pt")
+
+
+def skipped_lines_report(run: Run) -> Path:
+    """Where the datasets write every line they skipped (file, line, reason)."""
+    return run.run_dir / "skipped_lines.jsonl"
+
+
+def chat_data(run: Run, cls: type, path: str | Path) -> Any:
+    """An SFT or DPO dataset of `path` for this run: its tokenizer and template, MiniMind's labelling
+    when training a MiniMind .pth (unless --label-turn-newline says otherwise), skipped lines reported."""
+    newline = run.cfg.label_turn_newline
+    if newline is None:
+        newline = is_minimind_pth(getattr(run.cfg, "init", None))
+    return cls(path, run.tokenizer, run.cfg.seq_len, cache_dir=run.run_dir / "cache", label_turn_newline=newline,
+               report_path=skipped_lines_report(run))
 
 
 def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Module | None = None,
@@ -168,7 +187,7 @@ def cli_main(cls: type, recipe: Any, argv: list[str] | None = None) -> dict[str,
     cfg = parse_config(cls, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    result = recipe(cfg)
+    result = run_or_exit(lambda: recipe(cfg))
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     summary = {k: v for k, v in result.items() if k != "eval"}
     if result.get("eval"):

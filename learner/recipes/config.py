@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from minimind.checkpoint import PthOptions
+
 from ..config import OptimConfig
 
 
@@ -33,6 +35,10 @@ class RecipeConfig:
     """Rows per optimizer update."""
     seq_len: int = 256
     """Pretrain block length / maximum SFT and DPO sequence length."""
+    label_turn_newline: bool | None = None
+    """Also label the newline after each assistant <|im_end|> (MiniMind's own SFT/DPO labelling); none:
+    on when --init is a MiniMind .pth, off otherwise."""
+    pth: PthOptions = field(default_factory=PthOptions)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
     """AdamW, schedule (the cosine spans `steps` unless optim.total_steps is set), clipping,
     micro-batching, the non-finite guard."""
@@ -73,6 +79,9 @@ class PretrainConfig(RecipeConfig):
     seq_len: int = 128
     dropout: float = 0.0
     """Dropout of the new model."""
+    per_line: bool = False
+    """MiniMind's pretrain layout: each line is [bos] + text + [eos], then padding (default: lines packed
+    into seq_len blocks, nothing padded)."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from minimind.data import synthetic_math as sm
-from minimind.data.datasets import DPODataset
+from minimind.data.datasets import DPODataset, RLPromptDataset
 from minimind.generate import SamplingParams, generate
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel, last_token_values
 from minimind.tokenizer import MiniMindTokenizer
@@ -27,24 +27,24 @@ def heldout_problems(n: int, seed: int) -> list[sm.MathProblem]:
 
 def evaluate_math(model: MiniMindForCausalLM, tok: MiniMindTokenizer, problems: Sequence[sm.MathProblem],
                   max_new_tokens: int = 48, batch_size: int = 64) -> dict[str, Any]:
-    """Exact-match accuracy of greedy answers (answer after `####`, else the last number)."""
-    from reward.verifier import answers_match, extract_answer
+    """Exact-match accuracy of greedy answers, the RL recipes' evaluation run in-process: the same
+    prompts (RLPromptDataset, the tokenizer's own template) and the same verifier (math_reward, what
+    the reward actors report as `accuracy`)."""
+    from reward.verifier import math_reward
 
+    prompts = RLPromptDataset(sm.rl_records(problems), tokenizer=tok).driver_prompts()
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop_token_ids=(tok.eos_id,))
     correct: list[bool] = []
     samples = []
     for s in range(0, len(problems), batch_size):
-        chunk = problems[s:s + batch_size]
-        prompts = [tok.encode_chat([{"role": "user", "content": p.question}], add_generation_prompt=True)
-                   for p in chunk]
-        out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0),
-                       pad_id=tok.pad_id)
+        chunk = prompts[s:s + batch_size]
+        out = generate(model, [tok.encode(p["prompt"]) for p in chunk], params, pad_id=tok.pad_id)
         for i, p in enumerate(chunk):
-            ids = out.response_ids[i][out.response_mask[i].bool()].tolist()
-            text = tok.decode(ids)
-            ok = answers_match(extract_answer(text), p.answer)
+            text = tok.decode(out.response_ids[i][out.response_mask[i].bool()].tolist())
+            ok = math_reward(text, p["answer"]) == 1.0
             correct.append(ok)
             if len(samples) < 5:
-                samples.append({"question": p.question, "answer": p.answer, "response": text, "correct": ok})
+                samples.append({"prompt": p["prompt"], "answer": p["answer"], "response": text, "correct": ok})
     by_level: dict[str, list[bool]] = {}
     for p, ok in zip(problems, correct):
         by_level.setdefault(str(p.difficulty), []).append(ok)

@@ -14,7 +14,7 @@ from minimind.lora import apply_lora, merge_lora, save_lora
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
 
 from ..stages import DistillStage, DPOStage, LMStage, RewardModelStage
-from .common import fit, load_init, prepare, result, save_final
+from .common import chat_data, fit, load_init, prepare, result, save_final, skipped_lines_report
 from .config import DistillConfig, DPOConfig, LoRARecipeConfig, PretrainConfig, RewardModelConfig, SFTConfig
 from .evaluate import heldout_problems, pair_accuracy, report_eval
 
@@ -24,7 +24,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     mcfg = model_preset(cfg.preset, vocab_size=run.tokenizer.vocab_size, dropout=cfg.dropout)
     model = MiniMindForCausalLM(mcfg)
     print(f"[pretrain] {cfg.preset}: {model.num_parameters() / 1e6:.2f}M parameters, vocab {mcfg.vocab_size}")
-    data = PretrainDataset(run.data_file("pretrain"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    data = PretrainDataset(run.data_file("pretrain"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache",
+                           per_line=cfg.per_line, report_path=skipped_lines_report(run))
     learner, stats = fit(run, model, LMStage(), data)
     final = save_final(run, learner.model)
     return result(run, learner, stats, final)
@@ -32,8 +33,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
 def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     run = prepare(cfg)
-    model = load_init(cfg.init, run.tokenizer, run.device)
-    data = SFTDataset(run.data_file("sft"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    model = load_init(run, cfg.init)
+    data = chat_data(run, SFTDataset, run.data_file("sft"))
     learner, stats = fit(run, model, LMStage(), data)
     final = save_final(run, learner.model)
     return result(run, learner, stats, final, eval=report_eval(run, learner.model, "sft"))
@@ -41,10 +42,10 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
 
 def run_lora(cfg: LoRARecipeConfig) -> dict[str, Any]:
     run = prepare(cfg)
-    model = load_init(cfg.init, run.tokenizer, run.device)
+    model = load_init(run, cfg.init)
     apply_lora(model, LoRAAdapterConfig(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.lora_dropout,
                                          target_modules=cfg.target_modules))
-    data = SFTDataset(run.data_file("sft"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    data = chat_data(run, SFTDataset, run.data_file("sft"))
     learner, stats = fit(run, model, LMStage(), data)
     final = run.run_dir / "final"
     save_lora(learner.model, final / "adapter.safetensors")
@@ -55,9 +56,9 @@ def run_lora(cfg: LoRARecipeConfig) -> dict[str, Any]:
 
 def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
     run = prepare(cfg)
-    policy = load_init(cfg.init, run.tokenizer, run.device)
+    policy = load_init(run, cfg.init)
     ref = copy.deepcopy(policy)
-    data = DPODataset(run.data_file("dpo"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    data = chat_data(run, DPODataset, run.data_file("dpo"))
     stage = DPOStage(beta=cfg.beta, label_smoothing=cfg.label_smoothing)
     learner, stats = fit(run, policy, stage, data, ref_model=ref,
                          plot_keys=("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "lr"))
@@ -68,14 +69,14 @@ def run_dpo(cfg: DPOConfig) -> dict[str, Any]:
 
 def run_distill(cfg: DistillConfig) -> dict[str, Any]:
     run = prepare(cfg)
-    teacher = load_init(cfg.teacher, run.tokenizer, run.device)
+    teacher = load_init(run, cfg.teacher)
     if cfg.init is not None:
-        student = load_init(cfg.init, run.tokenizer, run.device)
+        student = load_init(run, cfg.init)
     else:
         student = MiniMindForCausalLM(model_preset(cfg.preset, vocab_size=teacher.config.vocab_size,
                                                    max_position_embeddings=teacher.config.max_position_embeddings))
     print(f"[distill] teacher {teacher.num_parameters() / 1e6:.2f}M -> student {student.num_parameters() / 1e6:.2f}M")
-    data = SFTDataset(run.data_file("sft"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    data = chat_data(run, SFTDataset, run.data_file("sft"))
     stage = DistillStage(alpha=cfg.alpha, temperature=cfg.temperature)
     learner, stats = fit(run, student, stage, data, ref_model=teacher, plot_keys=("loss", "ce", "kl", "lr"))
     final = save_final(run, learner.model, {"teacher": str(cfg.teacher)})
@@ -84,11 +85,11 @@ def run_distill(cfg: DistillConfig) -> dict[str, Any]:
 
 def run_reward_model(cfg: RewardModelConfig) -> dict[str, Any]:
     run = prepare(cfg)
-    lm = load_init(cfg.init, run.tokenizer, run.device)
+    lm = load_init(run, cfg.init)
     model = MiniMindScoreModel(lm.config).to(run.device)
     model.model.load_state_dict(lm.model.state_dict())   # trunk from the SFT model; the head starts at 0
     del lm
-    data = DPODataset(run.data_file("dpo"), run.tokenizer, cfg.seq_len, cache_dir=run.run_dir / "cache")
+    data = chat_data(run, DPODataset, run.data_file("dpo"))
     learner, stats = fit(run, model, RewardModelStage(), data, plot_keys=("loss", "accuracy", "margin", "lr"))
     final = save_final(run, learner.model, {"init": str(cfg.init)})
     held_out = None

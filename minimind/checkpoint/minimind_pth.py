@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -222,3 +222,26 @@ def load_minimind_pth(path: str | Path, config: MiniMindConfig | None = None, *,
         raise CheckpointError(f"{path}: missing tensor(s) ['{TIED_KEY}'] (config has untied embeddings)")
     load_strict(model, sd, path)
     return model.to(device).eval()
+
+
+@dataclass
+class PthOptions:
+    """What a MiniMind `.pth` cannot tell by its tensor shapes, for a recipe's `--init x.pth`. Unset
+    values come from a config.json next to the file, else from the defaults of the MiniMind
+    generation the shapes show (qk-norm = MiniMind-3)."""
+    config_json: str | None = None
+    """MiniMind's config.json for the .pth (default: the one next to it, when present)."""
+    rms_norm_eps: float | None = None
+    """RMSNorm epsilon (MiniMind v2: 1e-5, MiniMind-3: 1e-6)."""
+    rope_theta: float | None = None
+    """RoPE base."""
+    num_attention_heads: int | None = None
+    """Query heads (without qk-norm the shapes cannot tell them apart from head_dim)."""
+    num_experts_per_tok: int | None = None
+    """MoE: routed experts per token."""
+    norm_topk_prob: bool | None = None
+    """MoE: renormalise the top-k routing weights."""
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of load_model / load_minimind_pth for the values that are set."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

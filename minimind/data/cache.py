@@ -20,12 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from minimind.data.readers import ReadReport
+from minimind.model import IGNORE_INDEX  # noqa: F401  (the one ignore label; re-exported by minimind.data)
 from minimind.tokenizer import MiniMindTokenizer
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-"""Label of a token that carries no loss (the one value every minimind dataset and loss uses)."""
 PAD_ID = 0
 CACHE_VERSION = 2  # bump when the on-disk layout or tokenisation logic changes
 

@@ -1,6 +1,6 @@
 """The OpenAI endpoints of one replica, independent of how HTTP reaches them.
 
-`ModelServer.chat(body)` / `.completion(body)` validate a JSON body (`serve.protocol`), run it
+`ModelServer.chat(body)` / `.completion(body)` validate a JSON body (`serving.protocol`), run it
 on the engine and return either a response dict or an async iterator of server-sent-event
 lines. Anything the engine reports as failed becomes an OpenAI error object (HTTP 500), never
 an exception that could take the replica down.

@@ -1,2 +1,2 @@
 """Serving MiniMind models: an OpenAI-compatible HTTP server on Ray Serve with continuous batching,
-streaming, a chat page at `/`, and live weight updates from an RL run (`serve.app.start`)."""
+streaming, a chat page at `/`, and live weight updates from an RL run (`serving.app.start`)."""

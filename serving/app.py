@@ -28,7 +28,7 @@ from ray import serve as rayserve
 
 from minimind.config import MiniMindConfig
 from minimind.model import MiniMindForCausalLM
-from minimind.omp import openmp_env
+from runtime import openmp_env
 from minimind.tokenizer import MiniMindTokenizer
 
 from .config import ServeConfig

@@ -1,4 +1,4 @@
-"""ServeConfig: what `experiments/serve.py` and `serve.app.start` take (flags are built from it)."""
+"""ServeConfig: what `experiments/serve.py` and `serving.app.start` take (flags are built from it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,7 +51,7 @@ class ServeConfig:
     """Ray Serve application name (one per served model)."""
 
     def check_source(self) -> None:
-        """A checkpoint to load is named (not needed when `serve.app.start` gets a model object)."""
+        """A checkpoint to load is named (not needed when `serving.app.start` gets a model object)."""
         if (self.model is None) == (self.init is None):
             raise ValueError("give exactly one of --model (checkpoint folder) or --init (MiniMind .pth)")
         if self.init is not None and self.tokenizer is None:
