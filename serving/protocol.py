@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-ROLES = ("system", "user", "assistant")
-"""Chat roles the MiniMind template renders."""
+ROLES = ("system", "user", "assistant", "tool")
+"""Chat roles the MiniMind template renders (tool: a tool result, see serving.tools)."""
 
 
 class APIError(Exception):
@@ -56,6 +56,8 @@ class Completion:
     stream: bool = False
     include_usage: bool = False
     echo_model: str = ""
+    tools: list[dict] | None = None
+    """Function tools the prompt announced: the reply's tool calls become message.tool_calls."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +160,9 @@ def parse_chat(body: dict, limits: Limits, tok) -> Completion:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise APIError("messages: must be a non-empty list of {role, content} objects", param="messages")
+    from .tools import message_tool_calls, parse_tools   # (serving.tools imports this module)
+
+    tools = parse_tools(body)
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):
@@ -165,10 +170,15 @@ def parse_chat(body: dict, limits: Limits, tok) -> Completion:
         role = m.get("role")
         if role not in ROLES:
             raise APIError(f"messages[{i}].role={role!r}: must be one of {list(ROLES)}", param=f"messages[{i}].role")
-        clean.append({"role": role, "content": _content(m, i)})
-    ids = tok.encode(tok.apply_chat_template(clean, add_generation_prompt=True))
+        msg = {"role": role, "content": _content(m, i)}
+        calls = message_tool_calls(m, i)
+        if calls:
+            msg["tool_calls"] = calls
+        clean.append(msg)
+    ids = tok.encode(tok.apply_chat_template(clean, add_generation_prompt=True, tools=tools))
     req = _common(body, limits, ids, "messages")
     req.logprobs = _chat_logprobs(body)
+    req.tools = tools
     return req
 
 

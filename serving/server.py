@@ -22,6 +22,7 @@ from minimind.tokenizer import MiniMindTokenizer
 from .config import ServeConfig
 from .engine import ContinuousEngine, Update
 from .protocol import APIError, Completion, Limits, parse_chat, parse_completion
+from .tools import tool_message
 
 
 def load_checkpoint(cfg: ServeConfig) -> tuple[torch.nn.Module, MiniMindTokenizer, str]:
@@ -105,7 +106,10 @@ class ModelServer:
         for i in range(req.n):
             u = done[i]
             lp = self._logprobs(u.logprobs, chat, 0) if req.logprobs is not None else None
-            if chat:
+            if chat and req.tools:
+                message, finish = tool_message(u.text, u.finish_reason)
+                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": finish})
+            elif chat:
                 choices.append({"index": i, "message": {"role": "assistant", "content": u.text},
                                 "logprobs": lp, "finish_reason": u.finish_reason})
             else:

@@ -321,3 +321,72 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
     assert "completion tokens" in meta
     assert (tmp_path / "chat_page.png").stat().st_size > 5000
     print("screenshot:", tmp_path / "chat_page.png")
+
+
+# ----------------------------------------------------------------------------- tools
+CALC = {"type": "function", "function": {"name": "calculator", "description": "Exact arithmetic.",
+                                         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+                                                        "required": ["expression"]}}}
+
+
+def test_chat_with_tools_renders_them_through_the_template(server, client):
+    """tools, an assistant tool call (arguments as a JSON string) and a tool result reach the prompt as
+    the tokenizer's template renders them; the answer is the native greedy one on that prompt."""
+    _, ref, _ = server
+    history = [{"role": "user", "content": "what is 123 * 45?"},
+               {"role": "assistant", "content": None, "tool_calls": [
+                   {"id": "call_1", "type": "function",
+                    "function": {"name": "calculator", "arguments": '{"expression": "123 * 45"}'}}]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "5535"}]
+    rendered = [history[0], {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}]}, history[2]]
+    ids = ref.tok.encode(ref.tok.apply_chat_template(rendered, add_generation_prompt=True, tools=[CALC]))
+    prompt = ref.tok.decode(ids, skip_special_tokens=False)
+    assert '"expression": "123 * 45"' in prompt and "<tool_response>\n5535\n</tool_response>" in prompt
+    text, finish, n_tok, _ = ref.answer(ids)
+    r = client.chat.completions.create(model="tiny", messages=history, tools=[CALC], max_tokens=MAX_TOKENS,
+                                       temperature=0)
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == n_tok
+    assert r.choices[0].message.content == text and not r.choices[0].message.tool_calls
+    none = client.chat.completions.create(model="tiny", messages=history[:1], tools=[CALC], tool_choice="none",
+                                          max_tokens=4, temperature=0)
+    assert none.usage.prompt_tokens == len(ref.ids(history[:1]))           # tool_choice none: no tools block
+
+
+@pytest.mark.parametrize("change, param", [
+    ({"tools": [{"type": "function", "function": {}}]}, "tools[0]"),
+    ({"tools": "calculator"}, "tools"),
+    ({"tools": [CALC], "tool_choice": "required"}, "tool_choice"),
+    ({"tools": [CALC], "stream": True}, "stream"),
+    ({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": "{oops"}}]}]},
+     "messages[0].tool_calls[0].function.arguments"),
+])
+def test_bad_tool_requests_get_openai_errors(server, change, param):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **change}
+    r = requests.post(server[0].url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_generated_tool_calls_become_openai_tool_calls():
+    """What the model writes in the template's format comes back as message.tool_calls, in a response
+    the official client parses."""
+    from openai.types.chat import ChatCompletion
+
+    from serving.tools import tool_message
+
+    text = ('Let me compute.\n<tool_call>\n{"name": "calculator", "arguments": {"expression": "123 * 45"}}\n'
+            '</tool_call>\n<tool_call>{"name": oops}</tool_call>')
+    message, finish = tool_message(text, "stop")
+    assert finish == "tool_calls"
+    assert message["content"] == 'Let me compute.\n\n<tool_call>{"name": oops}</tool_call>'   # malformed stays text
+    r = ChatCompletion.model_validate({"id": "x", "object": "chat.completion", "created": 0, "model": "tiny",
+                                       "choices": [{"index": 0, "message": message, "finish_reason": finish}]})
+    (call,) = r.choices[0].message.tool_calls
+    assert call.function.name == "calculator" and json.loads(call.function.arguments) == {"expression": "123 * 45"}
+    assert call.id.startswith("call_") and call.type == "function"
+    only = tool_message('<tool_call>\n{"name": "calculator", "arguments": {"expression": "1+1"}}\n</tool_call>', "stop")
+    assert only[0]["content"] is None and only[1] == "tool_calls"
+    assert tool_message("#### 5535", "stop") == ({"role": "assistant", "content": "#### 5535"}, "stop")
+    assert tool_message('<tool_call>{"name": "calculator", "arguments": {}}</tool_call>', "length")[1] == "length"
