@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ToolSFTConfig:
-    steps: int = 300
+    steps: int = 400
     """SFT updates on the tool format (0 skips the stage: --init already knows it)."""
     lr: float = 1e-3
     """Peak learning rate."""

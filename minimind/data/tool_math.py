@@ -1,8 +1,14 @@
 """Built-in tool-use math (no download): arithmetic a small model cannot do in its head but does
 exactly with a calculator tool.
 
-  easy   2-digit x 1/2-digit products, sums of three 2-digit numbers   "What is 47 * 8?"
+  easy   two operands: a + b with 2-4 digit numbers, a * b with a of 2-4 digits and a one-digit b,
+         or a sum of three 2-digit numbers                            "What is 4721 + 386?"
   hard   3-digit x 2/3-digit products, sums of four 3/4-digit numbers   "What is 347 * 862?"
+
+Easy problems carry numbers of every length the hard ones use, so the SFT'd model has copied 3- and
+4-digit operands into a call before; what it has not seen is a long product or a four-term sum (a
+first run whose easy set had 2-digit numbers only wrote 2-digit expressions on every hard problem,
+0% with the tool, and gave GRPO no correct sample to learn from).
 
 SFT chats show the tool-call format on EASY problems only (MiniMind-3 layout: the tool list on the
 user message as `tools`, the call as the assistant's `tool_calls`, the result as a `tool` message,
@@ -36,9 +42,18 @@ def _problem(question: str, expression: str, value: int, level: str) -> MathProb
     return MathProblem(question, str(value), expression, DIFFICULTIES.index(level) + 5)
 
 
+def _easy(rng: random.Random) -> MathProblem:
+    kind = rng.randrange(3)
+    if kind == 0:
+        a, b = (rng.randint(10, 10 ** rng.randint(2, 4) - 1) for _ in range(2))
+        return _problem(f"What is {a} + {b}?", f"{a} + {b}", a + b, "easy")
+    if kind == 1:
+        return _product(rng, (2, rng.randint(2, 4)), (1, 1), "easy")
+    return _sum(rng, 3, 10, 99, "easy")
+
+
 GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {
-    "easy": lambda rng: (_product(rng, (2, 2), (1, 2), "easy") if rng.random() < 0.5
-                         else _sum(rng, 3, 10, 99, "easy")),
+    "easy": lambda rng: _easy(rng),
     "hard": lambda rng: (_product(rng, (3, 3), (2, 3), "hard") if rng.random() < 0.5
                          else _sum(rng, 4, 100, 9999, "hard")),
 }
