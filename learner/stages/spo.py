@@ -85,7 +85,7 @@ class SPOStage(RLStage):
         return StepPlan(self.minibatches(learner, exp), stats)
 
     def loss(self, learner: Learner, m: Micro):
-        logp, old, extra = self.policy_forward(learner, m)
+        logp, old, w, extra = self.policy_forward(learner, m)
         e = m.exp
-        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts)
+        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts, weights=w)
         return loss, {**self.per_token(stats, m), **extra}
