@@ -106,7 +106,7 @@ class MathRLConfig:
     def __post_init__(self) -> None:
         # an int8 rollout samples from a slightly different policy than the fp32 learner trains:
         # correct it unless the user chose a cap (or 0, off) — stated in --update.tis-cap's help
-        if self.rollout.quantize == "int8" and self.update.tis_cap is None:
+        if self.rollout.quantize == "int8" and self.update.tis_cap is None and not self.update.use_rollout_logprobs:
             self.update = replace(self.update, tis_cap=INT8_TIS_CAP)
         if self.loss_sections:
             self.check_loss_sections()

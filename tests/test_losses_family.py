@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from learner.losses import (POLICY_LOSSES, CISPOLoss, ClipConfig, DAPOLoss, DrGRPOLoss, GRPOLoss, GSPOLoss, KLConfig,
-                            PolicyLossName, dynamic_sampling, make_policy_loss, overlong_reward, population_group_advantages)
+                            PolicyLossName, dynamic_sampling, make_policy_loss, overlong_reward,
+                            population_group_advantages)
 
 # B=2 sequences, T=3; the second has 2 tokens. Token (0,0) has ratio e^0.3 = 1.35 (outside PPO's
 # 0.8..1.2 with A>0: clipped); token (1,1) has ratio e^1.8 = 6.05 (above CISPO's cap 5).
@@ -212,7 +213,8 @@ def test_gradient_in_logits_equals_the_papers_closed_form(name):
     if name == "cispo":
         old[0, 1] = logp[0, 1].detach() - math.log(8.0)
     A = torch.tensor([1.5, -0.5, 0.7], dtype=torch.float64)
-    fields = {"dr_grpo": {"max_response_len": Lmax}, "dapo": {"overlong_shaping": False}, "cispo": {"kl": KLConfig(coef=0.0)}}
+    fields = {"dr_grpo": {"max_response_len": Lmax}, "dapo": {"overlong_shaping": False},
+              "cispo": {"kl": KLConfig(coef=0.0)}}
     loss, stats = make_policy_loss(name, **fields.get(name, {}))(logp, old, None, A, mask)
     loss.backward()
     assert stats["clip_frac"] == (0.0 if name != "cispo" else pytest.approx(1 / 11))

@@ -77,6 +77,9 @@ def test_int8_rollouts_turn_the_correction_on_unless_set():
     off = _cfg("--rollout.quantize", "int8", "--update.tis-cap", "0")
     assert off.update.tis_cap == 0 and not off.stage().update.tis_cap
     assert _cfg("--update.tis-cap", "1.5", "--update.tis-level", "sequence").stage().update.tis_level == "sequence"
+    assert _cfg("--rollout.quantize", "int8", "--update.use-rollout-logprobs").update.tis_cap is None
+    with pytest.raises(ValueError, match="weights would all be 1"):
+        RLUpdateConfig(tis_cap=2.0, use_rollout_logprobs=True)
     with pytest.raises(ValueError, match="tis-cap=0.5"):
         RLUpdateConfig(tis_cap=0.5)
     with pytest.raises(ValueError, match="--rollout.engine native"):

@@ -79,7 +79,8 @@ class GSPOLoss(ClippedPolicyLoss):
         else:
             if advantages.dim() != 1:
                 raise ValueError(f"GSPOLoss variant=sequence takes sequence advantages [B], got "
-                                 f"{tuple(advantages.shape)}; use variant='token' (--gspo.variant token) for per-token advantages")
+                                 f"{tuple(advantages.shape)}; use variant='token' (--gspo.variant token) for "
+                                 f"per-token advantages")
             # one loss per sequence, spread over its tokens so that the seq-mean-token-mean of the
             # token values is Σ_i L_i / B (and weights/micro-batching behave as for the other losses)
             log_s_t = log_s.unsqueeze(-1).expand_as(logp)

@@ -31,7 +31,9 @@ class RLUpdateConfig:
     tis_cap: float | None = None
     """Truncated importance sampling of the rollout/learner mismatch: each token's policy-gradient loss
     is weighted by min(pi_learner_old / pi_rollout, C) with this C >= 1. none: off, except with
-    --rollout.quantize int8 where the recipe sets 2.0; 0: off in every case."""
+    --rollout.quantize int8 where the recipe sets 2.0 (unless --update.use-rollout-logprobs, whose ratio
+    already divides by the engine's policy); 0: off in every case. Stale (off-policy) batches train
+    against the engine's logprobs, so their weights are 1."""
     tis_level: Literal["token", "sequence"] = "token"
     """TIS weight per token, or one per response (the product of its token ratios, then truncated)."""
 
@@ -42,6 +44,10 @@ class RLUpdateConfig:
         if self.tis_cap is not None and self.tis_cap != 0 and self.tis_cap < 1:
             raise ValueError(f"--update.tis-cap={self.tis_cap}: the truncation C must be >= 1 (a cap below 1 "
                              f"down-weights on-policy tokens), 0 (off) or none")
+        if self.tis_cap and self.use_rollout_logprobs:
+            raise ValueError(f"--update.tis-cap={self.tis_cap} with --update.use-rollout-logprobs: the old policy IS "
+                             f"the rollout's, so the weights would all be 1; the ratio already corrects the mismatch "
+                             f"there: drop one of the two")
         if self.tis_level not in ("token", "sequence"):
             raise ValueError(f"--update.tis-level={self.tis_level!r}: choose token or sequence")
 
