@@ -1,7 +1,7 @@
 """PPO on verifiable math problems, on Ray.
 
     python experiments/ppo_math.py                        # CPU, no downloads: bootstraps a small model
-    python experiments/ppo_math.py --driver.steps 100 --rollout.group-size 8 --rollout-workers 2
+    python experiments/ppo_math.py --driver.steps 100 --rollout.sampling.n 8 --rollout-workers 2
     python experiments/ppo_math.py --init runs/sft/final --dataset gsm8k_train.jsonl --test-dataset gsm8k_test.jsonl
     python experiments/ppo_math.py --address auto         # on a cluster started with `ray up cluster.yaml`
 
