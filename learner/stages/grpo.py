@@ -7,7 +7,6 @@ import torch
 
 from rl.batch import RolloutBatch
 
-from ..experience import Micro
 from ..learner import Learner, StepPlan
 from ..losses import GRPOLoss, PolicyLoss, zero_variance_groups
 from .rl_common import RLStage, RLUpdateConfig
@@ -66,9 +65,3 @@ class GRPOStage(RLStage):
         stats = self.batch_stats(batch, stats)
         stats["zero_var_frac"] = float(zero_variance_groups(rewards, uid).float().mean())
         return StepPlan(self.minibatches(learner, exp), stats)
-
-    def loss(self, learner: Learner, m: Micro):
-        logp, old, w, extra = self.policy_forward(learner, m)
-        e = m.exp
-        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts, weights=w)
-        return loss, {**self.per_token(stats, m), **extra}

@@ -109,6 +109,13 @@ class RLStage(StageBase):
                 counts = dict(global_tokens=float(mb.mask.sum()), global_seqs=len(idx), max_len=exp.response_len)
                 yield [Micro(m, **counts) for m in mb.chunks(learner.optim_cfg.micro_batch_size)]
 
+    def loss(self, learner: Learner, m: Micro):
+        """The policy loss on the experience's advantages (GRPO, SPO; PPO adds its critic)."""
+        logp, old, w, extra = self.policy_forward(learner, m)
+        e = m.exp
+        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts, weights=w)
+        return loss, {**self.per_token(stats, m), **extra}
+
     def policy_forward(self, learner: Learner, m: Micro
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
         """(logp with grad, old logp, TIS weights or None, stats). Without `old_logp` the old logprobs

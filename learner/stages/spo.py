@@ -11,7 +11,6 @@ import torch
 from minimind.generate import left_pad
 from rl.batch import RolloutBatch
 
-from ..experience import Micro
 from ..learner import Learner, StepPlan
 from ..losses import CISPOLoss, GSPOLoss, SPOLoss, SPOTracker, policy_drift, spo_advantages
 from .logprobs import response_logprobs
@@ -85,9 +84,3 @@ class SPOStage(RLStage):
         stats.update(baseline_mean=float(baseline.mean()), drift_mean=float(drift.mean()),
                      rho_mean=float(self.tracker.rho(drift).mean()))
         return StepPlan(self.minibatches(learner, exp), stats)
-
-    def loss(self, learner: Learner, m: Micro):
-        logp, old, w, extra = self.policy_forward(learner, m)
-        e = m.exp
-        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts, weights=w)
-        return loss, {**self.per_token(stats, m), **extra}
