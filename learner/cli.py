@@ -5,8 +5,8 @@
 Flag naming (one rule, no aliases to guess):
   * a top-level field ``lr_warmup`` is ``--lr-warmup`` (``--lr_warmup`` is accepted too);
   * a field of a nested dataclass is ``--<parent>.<field>``, e.g. ``model.hidden_size``
-    is ``--model.hidden-size`` (``--model.hidden_size`` is accepted too). Nesting may go
-    any depth: ``--a.b.c``.
+    is ``--model.hidden-size`` (``--model.hidden_size`` is accepted too; a section ``dr_grpo``
+    is ``--dr-grpo.``). Nesting may go any depth: ``--a.b.c``.
 
 Values:
   * int / float / str / pathlib.Path: as usual;
@@ -248,8 +248,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: tuple[str, .
                         default if isinstance(default, sub) else None)
             continue
         dest = ".".join(path)
-        flag = "--" + ".".join(prefix + (f.name.replace("_", "-"),))
-        alias = "--" + dest if "_" in f.name else None  # --hidden_size works too (hidden)
+        flag = "--" + ".".join(p.replace("_", "-") for p in path)
+        alias = "--" + dest if "_" in dest else None  # --hidden_size works too (hidden)
         help_text = f.metadata.get("help") or docs.get(f.name, "")
         help_text += (" " if help_text else "") + (
             "(required)" if default is _MISSING else f"(default: {_show(default)})")
@@ -263,7 +263,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: tuple[str, .
                 group.add_argument(names, dest=dest, type=_converter(tp),
                                    default=argparse.SUPPRESS, help=text, **kw)
         if inner is bool:
-            neg = "--" + ".".join(prefix + ("no-" + f.name.replace("_", "-"),))
+            neg = "--" + ".".join([p.replace("_", "-") for p in prefix] + ["no-" + f.name.replace("_", "-")])
             group.add_argument(neg, dest=dest, action="store_false",
                                default=argparse.SUPPRESS, help=f"same as {flag} false")
 
@@ -352,7 +352,7 @@ def _build(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any],
         elif base is not None:
             kwargs[f.name] = getattr(base, f.name)
         elif _default_of(f) is _MISSING:
-            raise ValueError(f"missing required argument --{'.'.join(prefix + (f.name.replace('_', '-'),))}")
+            raise ValueError(f"missing required argument --{dest.replace('_', '-')}")
     return cls(**kwargs)
 
 

@@ -59,7 +59,7 @@ class Stage(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-MAX_STATS = frozenset({"logprob_gap"})
+MAX_STATS = frozenset({"logprob_gap", "mismatch_abs_max"})
 """Stats reduced by max over a step (a bound), not by token-weighted mean."""
 
 

@@ -39,17 +39,18 @@ class LearnerGroup:
 class RolloutGroup:
     actors: list   # rollout.worker.RolloutActor handles
 
-    def generate(self, prompts: list[dict], weights: ray.ObjectRef, version: int, seed: int, call: int,
+    def generate(self, prompts: list[dict], weights: ray.ObjectRef, version: int, seed_parts: tuple,
                  sampling: dict | None = None) -> list[ray.ObjectRef]:
-        """Prompts split over the workers; each worker's call gets its own seed, derived from the run
-        seed, the driver's call counter and the worker index -> refs of RolloutBatches."""
+        """Prompts split over the workers; each worker's call gets its own seed, derived from
+        `seed_parts` (the run seed, the stream, the driver's call counter) and the worker index
+        -> refs of RolloutBatches."""
         k = len(self.actors)
         refs = []
         for i in range(k):
             shard = prompts[i::k]
             if shard:
                 refs.append(self.actors[i].generate.remote(shard, [weights], version,
-                                                           derive_seed(seed, "rollout", call, i), sampling))
+                                                           derive_seed(*seed_parts, i), sampling))
         return refs
 
 

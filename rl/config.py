@@ -4,11 +4,12 @@ values the run uses). Every option is stated once: sampling in `rollout.sampling
 `optim`, clip and KL inside each loss, the update schedule in `update`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, ClassVar, Literal
 
 from learner.config import OptimConfig
-from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, SPOTracker
+from learner.losses import (CISPOLoss, ClipConfig, DAPOLoss, DrGRPOLoss, GRPOLoss, GSPOLoss, KLConfig, PolicyLossName,
+                            PPOLoss, SPOLoss, SPOTracker, dynamic_sampling)
 from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter
 from minimind.checkpoint import PthOptions
 from minimind.generate import SamplingParams
@@ -30,6 +31,10 @@ class BootstrapConfig:
     """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change)."""
     sft_lr: float = 2e-3
     """SFT peak learning rate."""
+
+
+INT8_TIS_CAP = 2.0
+"""--update.tis-cap an int8 rollout gets when the cap is left at none."""
 
 
 def _optim() -> OptimConfig:
@@ -111,7 +116,16 @@ class MathRLConfig:
     # mostly noise and lost greedy held-out accuracy in every run
     update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
 
+    loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {}
+    """--loss NAME -> the default of its section (the field of the same name); empty: one loss."""
+
     def __post_init__(self) -> None:
+        # an int8 rollout samples from a slightly different policy than the fp32 learner trains:
+        # correct it unless the user chose a cap (or 0, off) — stated in --update.tis-cap's help
+        if self.rollout.quantize == "int8" and self.update.tis_cap is None and not self.update.use_rollout_logprobs:
+            self.update = replace(self.update, tis_cap=INT8_TIS_CAP)
+        if self.loss_sections:
+            self.check_loss_sections()
         if self.rollout_workers < 1 or self.reward_workers < 1:
             raise ValueError(f"--rollout-workers={self.rollout_workers} and --reward-workers="
                              f"{self.reward_workers} must be >= 1")
@@ -128,12 +142,31 @@ class MathRLConfig:
         """Optimizer updates of the whole run (the lr schedule spans them)."""
         return self.driver.steps * self.update.epochs * self.update.minibatches
 
+    @property
+    def loss_name(self) -> str:
+        """The loss the run trains with (the algorithm's own unless --loss chose another)."""
+        return getattr(self, "loss", self.algo)
+
+    def check_loss_sections(self) -> None:
+        """Only the --loss section may differ from its defaults: a flag of another loss's section would
+        be ignored silently."""
+        for name, default in self.loss_sections.items():
+            if name != self.loss_name and getattr(self, name) != default():
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag}.* settings are given but --loss is {self.loss_name}, which trains with "
+                                 f"the --{self.loss_name.replace('_', '-')}.* section: pass --loss {name} "
+                                 f"(or drop the --{flag}.* flags)")
+
     def stage(self) -> Any:
         """The learner stage of this algorithm."""
         raise NotImplementedError
 
     def update_seed(self) -> int:
         return derive_seed(self.seed, "update")
+
+
+def _grpo_loss() -> GRPOLoss:
+    return GRPOLoss(clip=ClipConfig(eps_high=0.28), kl=KLConfig(coef=0.01))
 
 
 @dataclass
@@ -147,12 +180,40 @@ class GRPOMathConfig(MathRLConfig):
                                                   "grpo.agg_mode": "grpo.clip.agg_mode",
                                                   "grpo.kl_coef": "grpo.kl.coef", "grpo.kl_kind": "grpo.kl.kind",
                                                   "grpo.kl_in_reward": "grpo.kl.in_reward"}
-    grpo: GRPOLoss = field(default_factory=lambda: GRPOLoss(clip=ClipConfig(eps_high=0.28), kl=KLConfig(coef=0.01)))
-    filter_zero_variance: bool = False
-    """Drop groups whose rewards are all equal and refill the batch with new prompts."""
+    loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {
+        "grpo": _grpo_loss, "dr_grpo": DrGRPOLoss, "dapo": DAPOLoss, "gspo": GSPOLoss, "cispo": CISPOLoss}
+    loss: PolicyLossName = "grpo"
+    """Policy loss: grpo, dr_grpo (arXiv 2503.20783), dapo (2503.14476), gspo (2507.18071) or cispo
+    (2506.13585, MiniMind-3's). The run trains with that loss's section below (--grpo.*, --dr-grpo.*,
+    --dapo.*, --gspo.*, --cispo.*, each with its paper's defaults); the other sections must stay at
+    their defaults. See docs/policy_losses.md."""
+    grpo: GRPOLoss = field(default_factory=_grpo_loss)
+    dr_grpo: DrGRPOLoss = field(default_factory=DrGRPOLoss)
+    dapo: DAPOLoss = field(default_factory=DAPOLoss)
+    gspo: GSPOLoss = field(default_factory=GSPOLoss)
+    cispo: CISPOLoss = field(default_factory=CISPOLoss)
+    filter_zero_variance: bool | None = None
+    """Drop groups whose rewards are all equal and refill the batch with new prompts; none: on for
+    --loss dapo (its dynamic sampling), off otherwise."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the constant lengths of Dr.GRPO and DAPO are the generation budget unless given
+        budget = self.rollout.sampling.max_new_tokens
+        if self.dr_grpo.max_response_len is None and self.loss == "dr_grpo":
+            self.dr_grpo = replace(self.dr_grpo, max_response_len=budget)
+        if self.dapo.overlong_max_len is None and self.loss == "dapo":
+            self.dapo = replace(self.dapo, overlong_max_len=budget)
+        if self.filter_zero_variance is None:
+            self.filter_zero_variance = dynamic_sampling(self.policy_loss)
+
+    @property
+    def policy_loss(self) -> Any:
+        """The --loss section: the loss the GRPO stage trains with."""
+        return getattr(self, self.loss)
 
     def stage(self) -> GRPOStage:
-        return GRPOStage(loss_fn=self.grpo, update=self.update, seed=self.update_seed(),
+        return GRPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
                          filter=ZeroVarianceFilter() if self.filter_zero_variance else None)
 
 
@@ -186,7 +247,14 @@ class SPOMathConfig(MathRLConfig):
     run_dir: str = "runs/spo_math"
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
+    loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {"spo": SPOLoss, "cispo": CISPOLoss, "gspo": GSPOLoss}
+    loss: Literal["spo", "cispo", "gspo"] = "spo"
+    """Policy objective on SPO's tracker advantages: spo (the clipped ratio), cispo (clipped IS weight,
+    every token keeps its gradient) or gspo (sequence ratio). Dr.GRPO and DAPO change group statistics
+    (std scaling, dynamic sampling of groups): SPO has no groups, so they are not offered here."""
     spo: SPOLoss = field(default_factory=SPOLoss)
+    cispo: CISPOLoss = field(default_factory=CISPOLoss)
+    gspo: GSPOLoss = field(default_factory=GSPOLoss)
     d_half: float = 0.06
     """Tracker: policy drift D that halves the tracker's memory (rho = 2^(-D/d_half), clipped)."""
     rho_min: float = 0.875
@@ -205,5 +273,5 @@ class SPOMathConfig(MathRLConfig):
         SPOTracker(self.d_half, self.rho_min, self.rho_max)  # validates the tracker settings
 
     def stage(self) -> SPOStage:
-        return SPOStage(loss_fn=self.spo, update=self.update, seed=self.update_seed(),
+        return SPOStage(loss_fn=getattr(self, self.loss), update=self.update, seed=self.update_seed(),
                         tracker=SPOTracker(self.d_half, self.rho_min, self.rho_max))

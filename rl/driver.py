@@ -79,7 +79,7 @@ class RLDriver:
         self.on_step = on_step
         self.checkpoint_dir = checkpoint_dir
         self.uid_base = 0          # uids stay unique across steps (a prompt may recur)
-        self.calls = 0             # rollout calls so far: each call's seed derives from it
+        self.calls: dict[str, int] = {}   # rollout calls so far per stream (train, eval, ...): seeds derive from them
         self.version = 0           # serial of the weights ref the rollouts sample with
         self.weights_ref = actors.learner.weights(self.version)
         self.step_count = 0
@@ -95,10 +95,13 @@ class RLDriver:
             self.uid_base += 1
         return out
 
-    def launch(self, prompts: list[dict], sampling: dict | None = None) -> list[ray.ObjectRef]:
-        """rollout -> reward for `prompts` with the current weights; returns scored-batch refs."""
-        gen = self.actors.rollouts.generate(prompts, self.weights_ref, self.version, self.seed, self.calls, sampling)
-        self.calls += 1
+    def launch(self, prompts: list[dict], sampling: dict | None = None, stream: str = "train") -> list[ray.ObjectRef]:
+        """rollout -> reward for `prompts` with the current weights; returns scored-batch refs. Each
+        stream (training rollouts, evaluations, ...) has its own call counter, so evaluating more or
+        less often never shifts the seeds of the training rollouts."""
+        call = self.calls.get(stream, 0)
+        self.calls[stream] = call + 1
+        gen = self.actors.rollouts.generate(prompts, self.weights_ref, self.version, (self.seed, stream, call), sampling)
         return self.actors.rewards.score(gen)
 
     def _launch_step(self) -> None:
@@ -123,7 +126,7 @@ class RLDriver:
         for name, sampling in modes.items():
             if max_new_tokens:
                 sampling["max_new_tokens"] = max_new_tokens
-            refs[name] = [summarize.remote(r) for r in self.launch(prompts, sampling)]
+            refs[name] = [summarize.remote(r) for r in self.launch(prompts, sampling, stream=name)]
         out = {}
         for name, stats in ((n, ray.get(r)) for n, r in refs.items()):
             rows = sum(s["rows"] for s in stats)
@@ -176,17 +179,18 @@ class RLDriver:
     # ------------------------------------------------------------------ resume
     def _state(self) -> dict:
         return {"step": self.step_count, "sampler": self.sampler.state_dict(), "uid_base": self.uid_base,
-                "calls": self.calls, "version": self.version, "extra": dict(self.extra)}
+                "calls": dict(self.calls), "version": self.version, "extra": dict(self.extra)}
 
     def state_dict(self) -> dict:
         """Everything the next step depends on besides the learner: the position in the prompt stream,
-        the rollout call counter (seeds), uids, the weights version. Taken as it was before the rollouts
-        already in flight were drawn, so a resumed run draws and samples them again, identically."""
+        the rollout call counters (seeds), uids, the weights version. Taken as it was before the rollouts
+        already in flight were drawn, so a resumed run draws and samples them again, identically (on-policy;
+        off-policy, the resumed run samples that batch with the checkpoint's weights: staleness 0, not 1)."""
         state = self.resume_state if self.pending is not None else self._state()
         return {**state, "step": self.step_count, "extra": dict(self.extra)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count, self.uid_base, self.calls = state["step"], state["uid_base"], state["calls"]
+        self.step_count, self.uid_base, self.calls = state["step"], state["uid_base"], dict(state["calls"])
         self.version, self.extra = state["version"], dict(state.get("extra", {}))
         self.sampler.load_state_dict(state["sampler"])
         self.weights_ref = self.actors.learner.weights(self.version)

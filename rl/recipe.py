@@ -152,7 +152,7 @@ def init_spo_tracker(driver: RLDriver, actors: ActorGroups, samples: int) -> Non
     """Offline tracker init: `samples` samples per prompt with the starting policy."""
     import ray
 
-    scored = driver.launch([dict(p, uid=i) for i, p in enumerate(driver.prompts)], {"n": samples})
+    scored = driver.launch([dict(p, uid=i) for i, p in enumerate(driver.prompts)], {"n": samples}, stream="spo-init")
     rewards_by_key: dict[str, list[float]] = {}
     for g in ray.get([summarize_groups.remote(r) for r in scored]):
         for key, rs in g.items():

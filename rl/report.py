@@ -10,7 +10,7 @@ def summarize_run(cfg: Any, before: dict, after: dict, history: list[dict], firs
     `history` holds this process's steps, from `first_step` on."""
     mean = lambda key: (sum(h.get(key, 0.0) for h in history) / len(history)) if history else 0.0  # noqa: E731
     return {
-        "algo": cfg.algo, "steps": first_step + len(history), "steps_this_process": len(history),
+        "algo": cfg.algo, "loss": cfg.loss_name, "steps": first_step + len(history), "steps_this_process": len(history),
         "accuracy_before": before.get("eval_accuracy"), "accuracy_after": after.get("eval_accuracy"),
         "sampled_accuracy_before": before.get("eval_sampled_accuracy"),
         "sampled_accuracy_after": after.get("eval_sampled_accuracy"),
@@ -27,7 +27,8 @@ def summarize_run(cfg: Any, before: dict, after: dict, history: list[dict], firs
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    rows = [("algorithm", s["algo"]), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})")]
+    algo = s["algo"] if s["loss"] == s["algo"] else f"{s['algo']} with the {s['loss']} loss"
+    rows = [("algorithm", algo), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})")]
     if s.get("accuracy_before") is not None:
         rows.append(("held-out accuracy, greedy", f"{s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}"))
     if s.get("sampled_accuracy_before") is not None:

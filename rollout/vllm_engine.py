@@ -61,7 +61,10 @@ class VLLMEngine:
 
     def __init__(self, model_cfg: MiniMindConfig | dict, device: str, dtype: str | None = None,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.35, seed: int = 0,
-                 **llm_kwargs: Any):
+                 quantize: str = "none", **llm_kwargs: Any):
+        if quantize != "none":
+            raise ValueError(f"--rollout.quantize {quantize} is the native engine's int8 copy; vLLM's own "
+                             f"quantisation is not wired: use --rollout.engine native")
         if isinstance(model_cfg, dict):
             model_cfg = MiniMindConfig.from_dict(model_cfg)
         self.cfg = model_cfg

@@ -24,7 +24,7 @@ from minimind.tokenizer import MiniMindTokenizer
 from rl.batch import RolloutBatch
 from runtime import tune_malloc
 
-from .engines import EngineName, make_engine
+from .engines import EngineName, QuantizeName, make_engine
 
 
 @dataclass
@@ -39,11 +39,18 @@ class RolloutConfig:
     response; seeds come from the run's --seed."""
     engine: EngineName = "native"
     """Generation backend: native (minimind.generate) or vllm (optional dependency)."""
+    quantize: QuantizeName = "none"
+    """The rollout copy's weights: none, or int8 (native engine on CPU: dynamic int8 linear layers,
+    re-quantised at each weight sync; the learner stays fp32). int8 samples from a slightly different
+    policy, so it turns the truncated importance sampling on (--update.tis-cap 2.0 unless set)."""
 
     def __post_init__(self) -> None:
         if self.sampling.seed is not None:
             raise ValueError("--rollout.sampling.seed: rollout seeds derive from the run's --seed (per worker "
                              "and call); set --seed instead")
+        if self.quantize != "none" and self.engine != "native":
+            raise ValueError(f"--rollout.quantize {self.quantize} is a native-engine option; --rollout.engine is "
+                             f"{self.engine}: pass --rollout.engine native or --rollout.quantize none")
         if self.sampling.temperature <= 0:
             raise ValueError(f"--rollout.sampling.temperature={self.sampling.temperature}: RL samples its "
                              f"training rollouts, so it needs a temperature > 0 (greedy evaluation is separate)")
@@ -60,7 +67,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.tok = MiniMindTokenizer.load(tokenizer_dir)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.engine = make_engine(cfg.engine, model_cfg, device)
+        self.engine = make_engine(cfg.engine, model_cfg, device, cfg.quantize)
         self.version = -1
         self.index = worker_index
 

@@ -85,28 +85,21 @@ class Ticket:
         self._r.cancelled = True
 
 
-class ContinuousEngine:
-    def __init__(self, model, tok, cfg: EngineConfig, version: int = 0):
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.model = model.eval()
-        self.tok, self.cfg = tok, cfg
-        self.mcfg = model.config
-        p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
-        self.version = version
-        self.token_bytes = token_bytes(tok)
+class QueuedEngine:
+    """What both engines share: requests and weight pushes arrive through one condition-guarded queue,
+    and a background thread (the subclass's `_loop`) owns the model. Weights are swapped in by that
+    thread, between two engine calls; a push that does not load is reported and the old weights stay."""
+
+    def __init__(self, cfg: EngineConfig, version: int, thread_name: str):
+        self.cfg, self.version = cfg, version
         self.batch_sizes: collections.Counter[int] = collections.Counter()
-        self.prefill_sizes: collections.Counter[int] = collections.Counter()
         self.served = 0
         self.weight_errors: list[str] = []
         self._queue: collections.deque[Pending] = collections.deque()
         self._cond = threading.Condition()
         self._weights: tuple[dict, int, Callable[[int, str | None], None] | None] | None = None
         self._closed = False
-        self._reset()
-        self._thread = threading.Thread(target=self._loop, name="minimind-engine", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
 
     # ------------------------------------------------------------------ public
     def submit(self, req: Completion, sink: Sink) -> Ticket:
@@ -120,16 +113,10 @@ class ContinuousEngine:
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int,
                      done: Callable[[int, str | None], None] | None = None) -> None:
-        """Swap in `state` between two decode steps; `done(version, error)` is called after."""
+        """Swap in `state` between two engine calls; `done(version, error)` is called after."""
         with self._cond:
             self._weights = (state, version, done)
             self._cond.notify()
-
-    def stats(self) -> dict[str, Any]:
-        return {"decode_batch_sizes": dict(sorted(self.batch_sizes.items())),
-                "prefill_batch_sizes": dict(sorted(self.prefill_sizes.items())),
-                "decode_steps": sum(self.batch_sizes.values()), "requests": self.served,
-                "max_batch_size": self.cfg.max_batch_size, "weights_version": self.version}
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -139,6 +126,75 @@ class ContinuousEngine:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------------ for the subclass's loop
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _wait(self, busy: bool) -> bool:
+        """(Under the lock) wait until there is something to do; False once closed. Applies pushed
+        weights, then gives an idle engine's first request `batch_wait_ms` to be joined by others."""
+        while not self._closed and not self._queue and not busy and self._weights is None:
+            self._cond.wait()
+        if self._closed:
+            return False
+        self._apply_weights()
+        if not busy and self._queue and self.cfg.batch_wait_ms > 0:
+            deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
+            while (sum(r.req.n for r in self._queue) < self.cfg.max_batch_size
+                   and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(left)
+        return True
+
+    def _pop(self, free: int) -> list[Pending]:
+        """(Under the lock) waiting requests, in order, whose rows fit in `free`; cancelled ones dropped."""
+        out = []
+        while self._queue and self._queue[0].req.n <= free:
+            r = self._queue.popleft()
+            if not r.cancelled:
+                out.append(r)
+                free -= r.req.n
+        return out
+
+    def _apply_weights(self) -> None:
+        if self._weights is None:
+            return
+        state, version, done = self._weights
+        self._weights = None
+        err = None
+        try:
+            self._load(state)
+            self.version = version
+        except Exception as e:  # wrong shapes/keys: keep serving the old weights, tell the publisher
+            err = f"weights version {version} not loaded: {type(e).__name__}: {e}"
+            self.weight_errors.append(err)
+        if done is not None:
+            done(version, err)
+
+
+class ContinuousEngine(QueuedEngine):
+    def __init__(self, model, tok, cfg: EngineConfig, version: int = 0):
+        super().__init__(cfg, version, "minimind-engine")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.model = model.eval()
+        self.tok = tok
+        self.mcfg = model.config
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.token_bytes = token_bytes(tok)
+        self.prefill_sizes: collections.Counter[int] = collections.Counter()
+        self._reset()
+        self._thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        return {"decode_batch_sizes": dict(sorted(self.batch_sizes.items())),
+                "prefill_batch_sizes": dict(sorted(self.prefill_sizes.items())),
+                "decode_steps": sum(self.batch_sizes.values()), "requests": self.served,
+                "max_batch_size": self.cfg.max_batch_size, "weights_version": self.version}
 
     # ------------------------------------------------------------------ loop
     def _reset(self) -> None:
@@ -171,38 +227,12 @@ class ContinuousEngine:
 
     def _admit(self) -> list[Pending] | None:
         with self._cond:
-            while not self._closed and not self._queue and not self.rows and self._weights is None:
-                self._cond.wait()
-            if self._closed:
+            if not self._wait(busy=bool(self.rows)):
                 return None
-            self._apply_weights()
-            if not self.rows and self._queue and self.cfg.batch_wait_ms > 0:
-                deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
-                while (sum(r.req.n for r in self._queue) < self.cfg.max_batch_size
-                       and (left := deadline - time.monotonic()) > 0):
-                    self._cond.wait(left)
-            new, free = [], self.cfg.max_batch_size - self._live()
-            while self._queue and self._queue[0].req.n <= free:
-                r = self._queue.popleft()
-                if not r.cancelled:
-                    new.append(r)
-                    free -= r.req.n
-            return new
+            return self._pop(self.cfg.max_batch_size - self._live())
 
-    def _apply_weights(self) -> None:
-        if self._weights is None:
-            return
-        state, version, done = self._weights
-        self._weights = None
-        err = None
-        try:
-            self.model.load_state_dict(state, strict=True)
-            self.version = version
-        except Exception as e:  # wrong shapes/keys: keep serving the old weights, tell the publisher
-            err = f"weights version {version} not loaded: {type(e).__name__}: {e}"
-            self.weight_errors.append(err)
-        if done is not None:
-            done(version, err)
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state, strict=True)
 
     def _step(self, new: list[Pending]) -> None:
         dead = sum(r.dead for r in self.rows)

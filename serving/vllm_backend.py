@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import threading
-import time
 import traceback
 from typing import Any
 
@@ -19,7 +17,7 @@ from minimind.config import MiniMindConfig
 from minimind.generate import SamplingParams
 
 from .detok import ChoiceText
-from .engine import Sink, Ticket, Update, Pending
+from .engine import Pending, QueuedEngine, Update
 
 
 def unavailable(cfg: MiniMindConfig | None, device: str) -> str | None:
@@ -35,77 +33,32 @@ def unavailable(cfg: MiniMindConfig | None, device: str) -> str | None:
     return f"--engine vllm: {why}; use --engine native" if why else None
 
 
-class VLLMBatchEngine:
+class VLLMBatchEngine(QueuedEngine):
     def __init__(self, cfg, model, tok, version: int = 0):
         why = unavailable(model.config, cfg.device)
         if why:
             raise RuntimeError(why)
         from rollout.vllm_engine import VLLMEngine
 
-        self.cfg, self.tok, self.version = cfg.batch, tok, version
+        super().__init__(cfg.batch, version, "minimind-vllm")
+        self.tok = tok
         self.token_bytes = None
         self.engine = VLLMEngine(model.config, cfg.device)
         self.engine.load_weights(model.state_dict())
-        self.batch_sizes: collections.Counter[int] = collections.Counter()
-        self.served = 0
-        self._queue: collections.deque[Pending] = collections.deque()
-        self._cond = threading.Condition()
-        self._weights = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="minimind-vllm", daemon=True)
         self._thread.start()
-
-    def submit(self, req, sink: Sink) -> Ticket:
-        r = Pending(req, sink, rows_left=req.n)
-        with self._cond:
-            self._queue.append(r)
-            self._cond.notify()
-        return Ticket(r)
-
-    def load_weights(self, state, version: int, done=None) -> None:
-        with self._cond:
-            self._weights = (state, version, done)
-            self._cond.notify()
 
     def stats(self) -> dict[str, Any]:
         return {"engine_call_batch_sizes": dict(sorted(self.batch_sizes.items())), "requests": self.served,
                 "max_batch_size": self.cfg.max_batch_size, "weights_version": self.version}
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
+    def _load(self, state) -> None:
+        self.engine.load_weights(state)
 
     def _take(self) -> list[Pending] | None:
         with self._cond:
-            while not self._closed and not self._queue and self._weights is None:
-                self._cond.wait()
-            if self._closed:
+            if not self._wait(busy=False):
                 return None
-            if self._weights is not None:
-                state, version, done = self._weights
-                self._weights, err = None, None
-                try:
-                    self.engine.load_weights(state)
-                    self.version = version
-                except Exception as e:
-                    err = f"weights version {version} not loaded: {type(e).__name__}: {e}"
-                if done is not None:
-                    done(version, err)
-            deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
-            while (sum(r.req.n for r in self._queue) < self.cfg.max_batch_size
-                   and (left := deadline - time.monotonic()) > 0):
-                self._cond.wait(left)
-            out, rows = [], 0
-            while self._queue and rows + self._queue[0].req.n <= self.cfg.max_batch_size:
-                r = self._queue.popleft()
-                if not r.cancelled:
-                    out.append(r)
-                    rows += r.req.n
-            return out
+            return self._pop(self.cfg.max_batch_size)
 
     def _loop(self) -> None:
         while (batch := self._take()) is not None:

@@ -7,8 +7,9 @@ from typing import get_args
 import pytest
 import torch
 
-from learner.losses import (POLICY_LOSSES, CISPOLoss, DAPOLoss, DrGRPOLoss, GRPOLoss, GSPOLoss, PolicyLossName,
-                            dynamic_sampling, make_policy_loss, overlong_reward, population_group_advantages)
+from learner.losses import (POLICY_LOSSES, CISPOLoss, ClipConfig, DAPOLoss, DrGRPOLoss, GRPOLoss, GSPOLoss, KLConfig,
+                            PolicyLossName, dynamic_sampling, make_policy_loss, overlong_reward,
+                            population_group_advantages)
 
 # B=2 sequences, T=3; the second has 2 tokens. Token (0,0) has ratio e^0.3 = 1.35 (outside PPO's
 # 0.8..1.2 with A>0: clipped); token (1,1) has ratio e^1.8 = 6.05 (above CISPO's cap 5).
@@ -110,7 +111,8 @@ def test_gspo_by_hand_sequence_ratio_and_clip():
     logp, old, mask, _ = tensors()
     ADV2 = [1.0, 2.0]
     eps_low, eps_high = 0.05, 0.05  # wide enough that one sequence is inside the range
-    loss, stats = GSPOLoss(eps_low=eps_low, eps_high=eps_high)(logp, old, None, torch.tensor(ADV2).double(), mask)
+    fn = GSPOLoss(clip=ClipConfig(eps_low=eps_low, eps_high=eps_high, agg_mode="seq-mean-token-mean"))
+    loss, stats = fn(logp, old, None, torch.tensor(ADV2).double(), mask)
     value, grad = 0.0, [[0.0] * 3 for _ in range(2)]
     for i in range(2):
         toks = [t for t in range(3) if MASK[i][t]]
@@ -145,7 +147,7 @@ def test_gspo_token_variant_equals_gspo_with_sequence_advantages():
 
 def test_cispo_by_hand_every_token_keeps_its_gradient():
     logp, old, mask, adv = tensors()
-    loss, stats = CISPOLoss(kl_coef=0.0)(logp, old, None, adv, mask)
+    loss, stats = CISPOLoss(kl=KLConfig(coef=0.0))(logp, old, None, adv, mask)
     value, grad = 0.0, [[0.0] * 3 for _ in range(2)]
     for i in range(2):
         toks = [t for t in range(3) if MASK[i][t]]
@@ -161,7 +163,7 @@ def test_cispo_by_hand_every_token_keeps_its_gradient():
 
 def test_cispo_defaults_follow_minimind3_and_population_std():
     c = CISPOLoss()
-    assert (c.ratio_max, c.ratio_min, c.kl_coef, c.kl_kind, c.agg_mode, c.adv_eps) == \
+    assert (c.ratio_max, c.ratio_min, c.kl.coef, c.kl.kind, c.agg_mode, c.adv_eps) == \
         (5.0, None, 0.1, "k3", "seq-mean-token-mean", 1e-4)
     r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
     uid = torch.tensor([7, 7, 7, 7, 3, 3])
@@ -173,7 +175,7 @@ def test_cispo_defaults_follow_minimind3_and_population_std():
         c(logp, old, None, adv, mask)
     ref = torch.tensor(OLD, dtype=torch.float64)
     loss, stats = c(logp, old, ref, adv, mask)
-    no_kl, _ = CISPOLoss(kl_coef=0.0)(logp, old, ref, adv, mask)
+    no_kl, _ = CISPOLoss(kl=KLConfig(coef=0.0))(logp, old, ref, adv, mask)
     d = ref - logp.detach()
     k3 = ((torch.exp(d) - d - 1) * mask).sum(-1) / mask.sum(-1)
     assert loss.item() == pytest.approx(no_kl.item() + 0.1 * k3.mean().item(), abs=1e-12)
@@ -211,7 +213,8 @@ def test_gradient_in_logits_equals_the_papers_closed_form(name):
     if name == "cispo":
         old[0, 1] = logp[0, 1].detach() - math.log(8.0)
     A = torch.tensor([1.5, -0.5, 0.7], dtype=torch.float64)
-    fields = {"dr_grpo": {"max_response_len": Lmax}, "dapo": {"overlong_shaping": False}, "cispo": {"kl_coef": 0.0}}
+    fields = {"dr_grpo": {"max_response_len": Lmax}, "dapo": {"overlong_shaping": False},
+              "cispo": {"kl": KLConfig(coef=0.0)}}
     loss, stats = make_policy_loss(name, **fields.get(name, {}))(logp, old, None, A, mask)
     loss.backward()
     assert stats["clip_frac"] == (0.0 if name != "cispo" else pytest.approx(1 / 11))
@@ -229,7 +232,7 @@ def test_micro_batches_sum_to_the_full_batch(name):
     ref = logp0 + 0.2 * torch.randn(B, T, dtype=torch.float64)
     mask = (torch.arange(T) < torch.tensor([[5], [2], [4], [1], [3], [5]])).double()
     A = torch.randn(B, dtype=torch.float64)
-    fn = make_policy_loss(name, **({"kl_coef": 0.05} if name != "cispo" else {}))
+    fn = make_policy_loss(name, **({"kl": KLConfig(coef=0.05)} if name != "cispo" else {}))
     counts = dict(global_tokens=float(mask.sum()), global_seqs=B, max_len=T)
     full, _ = fn(logp0, old, ref, A, mask, **counts)
     parts = sum(fn(logp0[s], old[s], ref[s], A[s], mask[s], **counts)[0] for s in (slice(0, 2), slice(2, 6)))
@@ -241,12 +244,13 @@ def test_micro_batches_sum_to_the_full_batch(name):
 def test_name_table_covers_the_cli_names_and_dynamic_sampling():
     assert list(POLICY_LOSSES) == list(get_args(PolicyLossName))
     assert isinstance(make_policy_loss("grpo"), GRPOLoss)
-    assert make_policy_loss("dapo").eps_high == 0.28
-    assert (make_policy_loss("gspo").eps_low, make_policy_loss("gspo").eps_high) == (3e-4, 4e-4)
+    assert (make_policy_loss("dapo").clip.eps_low, make_policy_loss("dapo").clip.eps_high) == (0.2, 0.28)
+    assert (make_policy_loss("gspo").clip.eps_low, make_policy_loss("gspo").clip.eps_high) == (3e-4, 4e-4)
+    assert make_policy_loss("dr_grpo").clip.agg_mode == "seq-mean-token-sum-norm"
     assert [n for n in POLICY_LOSSES if dynamic_sampling(make_policy_loss(n))] == ["dapo"]
-    assert not dynamic_sampling(DAPOLoss(dynamic_sampling=False))
-    for name in POLICY_LOSSES:
-        assert make_policy_loss(name).kl_in_advantages is False
+    for name in POLICY_LOSSES:   # the paper defaults: KL in the loss (GRPO 0.04, CISPO 0.1) or none
+        kl = make_policy_loss(name).kl
+        assert kl.in_advantages is False and kl.coef == {"grpo": 0.04, "cispo": 0.1}.get(name, 0.0)
     with pytest.raises(ValueError, match="unknown policy loss 'ppo2'"):
         make_policy_loss("ppo2")
     with pytest.raises(ValueError, match="variant"):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from learner.losses import DAPOLoss, DrGRPOLoss, TISConfig, mismatch_stats, tis_weights
+from learner.losses import DAPOLoss, DrGRPOLoss, KLConfig, mismatch_stats, tis_weights
+from learner.stages import RLUpdateConfig
 
 
 def test_weights_and_stats_by_hand():
@@ -29,16 +30,16 @@ def test_weights_and_stats_by_hand():
     with pytest.raises(ValueError, match="must have the same"):
         mismatch_stats(old, roll[:, :2], mask)
     with pytest.raises(ValueError, match="cap"):
-        TISConfig(cap=0.5)
+        RLUpdateConfig(tis_cap=0.5)
     with pytest.raises(ValueError, match="level"):
-        TISConfig(cap=2.0, level="tokens")
+        RLUpdateConfig(tis_cap=2.0, tis_level="tokens")
 
 
 def test_weights_multiply_the_policy_term_only():
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     old, ref = logp.detach() + 0.01, logp.detach() - 0.3
     mask, adv = torch.ones(1, 2), torch.tensor([1.0])
-    fn = DAPOLoss(overlong_shaping=False, kl_coef=0.5)
+    fn = DAPOLoss(overlong_shaping=False, kl=KLConfig(coef=0.5))
     base, _ = fn(logp, old, ref, adv, mask)
     pg_only, _ = DAPOLoss(overlong_shaping=False)(logp, old, ref, adv, mask)
     kl = base - pg_only

@@ -4,6 +4,7 @@ from .core import (
     AggMode,
     KLKind,
     aggregate,
+    apply_weights,
     entropy_from_logits,
     global_counts,
     kl_estimate,
@@ -23,6 +24,7 @@ from .family import POLICY_LOSSES, PolicyLoss, PolicyLossName, dynamic_sampling,
 from .grpo import (
     AdvScale,
     ClippedPolicyLoss,
+    KLTerm,
     GRPOLoss,
     group_advantages,
     kl_penalized_rewards,
@@ -35,11 +37,11 @@ from .lm import IGNORE_INDEX, lm_loss
 from .ppo import PPOLoss, gae, ppo_token_rewards, value_loss
 from .rm import bradley_terry_loss
 from .spo import SPOLoss, SPOTracker, policy_drift, spo_advantages
-from .tis import TISConfig, TISLevel, mismatch_stats, tis_weights
+from .tis import TISLevel, mismatch_stats, tis_weights
 
 __all__ = [
-    "AggMode", "KLKind", "AdvScale", "IGNORE_INDEX", "ClipConfig", "KLConfig", "ClippedPolicyLoss",
-    "aggregate", "entropy_from_logits", "global_counts", "kl_estimate", "logprobs_from_logits",
+    "AggMode", "KLKind", "AdvScale", "IGNORE_INDEX", "ClipConfig", "KLConfig", "ClippedPolicyLoss", "KLTerm",
+    "aggregate", "apply_weights", "entropy_from_logits", "global_counts", "kl_estimate", "logprobs_from_logits",
     "masked_mean", "masked_sum", "masked_var", "masked_whiten",
     "lm_loss", "dpo_loss", "sequence_logprob", "distill_loss", "bradley_terry_loss",
     "group_advantages", "zero_variance_groups", "policy_loss", "kl_reward_penalty",
@@ -49,5 +51,5 @@ __all__ = [
     "DrGRPOLoss", "DAPOLoss", "overlong_reward", "GSPOLoss", "GSPOVariant", "sequence_log_ratio",
     "CISPOLoss", "population_group_advantages",
     "PolicyLossName", "PolicyLoss", "POLICY_LOSSES", "make_policy_loss", "dynamic_sampling",
-    "TISConfig", "TISLevel", "tis_weights", "mismatch_stats",
+    "TISLevel", "tis_weights", "mismatch_stats",
 ]

@@ -12,7 +12,7 @@ keeps a REINFORCE gradient, only with a bounded weight:
 
 Defaults follow MiniMind-3 (jingyaogong/minimind, trainer/train_grpo.py, loss_type="cispo",
 its default): weight upper bound ρ_max = 5.0 (its ``epsilon_high``, used as the bound on ρ
-itself), no lower bound, k3 KL toward the reference in the loss with β = 0.1, per-sequence token
+itself), no lower bound, k3 KL toward the reference in the loss with ``kl.coef`` β = 0.1, per-sequence token
 means averaged over sequences (seq-mean-token-mean), advantages (r − mean_g)/(std_g + 1e-4) with
 the population (biased) group std. The paper itself uses a token mean over the batch
 (``agg_mode="token-mean"``), only an upper bound tuned (ε_high^IS; no lower bound) and GRPO's
@@ -20,13 +20,13 @@ group-normalised advantages.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .core import aggregate, masked_mean, to_float
-from .grpo import LOG_RATIO_CLAMP, group_advantages
-from .pg_common import add_kl_term, apply_weights, as_token_advantages, check_policy_loss_fields
+from .config import KLConfig
+from .core import AggMode, _enum, aggregate, apply_weights, masked_mean, to_float
+from .grpo import LOG_RATIO_CLAMP, KLTerm, group_advantages
 
 __all__ = ["CISPOLoss", "population_group_advantages"]
 
@@ -44,41 +44,32 @@ def population_group_advantages(rewards: torch.Tensor, group_uid: torch.Tensor, 
 
 
 @dataclass
-class CISPOLoss:
+class CISPOLoss(KLTerm):
     """CISPO objective (arXiv 2506.13585, MiniMind-3's defaults): stop-gradient clipped IS weight
-    times advantage times log-probability, on every token."""
+    times advantage times log-probability, on every token. Its bounds are on the IS weight itself,
+    not a PPO trust region, so it has no ``clip`` section."""
 
     ratio_max: float = 5.0
     """Upper bound of the IS weight ρ (MiniMind-3: 5.0; the paper: 1 + ε_high^IS)."""
     ratio_min: float | None = None
     """Optional lower bound of the IS weight (MiniMind-3 and the paper: none)."""
-    kl_coef: float = 0.1
-    """β of the KL toward the reference, in the loss (MiniMind-3: 0.1)."""
-    kl_kind: str = "k3"
-    """KL estimator: k1, k2 or k3 (MiniMind-3: k3)."""
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.1))
     agg_mode: str = "seq-mean-token-mean"
     """token-mean (the paper), seq-mean-token-mean (MiniMind-3) or seq-mean-token-sum-norm."""
     adv_eps: float = 1e-4
     """Added to the population group std before dividing (MiniMind-3: 1e-4)."""
 
     def __post_init__(self) -> None:
-        check_policy_loss_fields("CISPOLoss", self.kl_kind, self.agg_mode)
+        _enum(AggMode, self.agg_mode, "CISPOLoss aggregation mode")
         lo = 0.0 if self.ratio_min is None else self.ratio_min
         if not 0.0 <= lo < 1.0 < self.ratio_max:
             raise ValueError(f"CISPOLoss: need 0 <= ratio_min < 1 < ratio_max, got ratio_min={self.ratio_min}, "
                              f"ratio_max={self.ratio_max}")
 
-    @property
-    def kl_in_loss(self) -> bool:
-        return self.kl_coef > 0
-
-    @property
-    def kl_in_advantages(self) -> bool:
-        return False
-
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
                            mask: torch.Tensor | None = None) -> torch.Tensor:
+        rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return population_group_advantages(rewards, group_uid, self.adv_eps)
 
     def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -86,7 +77,8 @@ class CISPOLoss:
                  global_seqs: int | None = None, max_len: int | None = None,
                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
-        adv = as_token_advantages(advantages, logp)
+        adv = advantages.detach().to(logp.dtype)
+        adv = adv.unsqueeze(-1) if adv.dim() == logp.dim() - 1 else adv
         with torch.no_grad():
             log_ratio = (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
             ratio = torch.exp(log_ratio)
@@ -102,5 +94,4 @@ class CISPOLoss:
                      "ratio_mean": to_float(masked_mean(ratio, m)),
                      "ratio_max": to_float(ratio.masked_fill(m == 0, -torch.inf).max()) if has else 1.0,
                      "approx_kl": to_float(masked_mean((ratio - 1.0) - log_ratio, m))}
-        loss = add_kl_term(pg, stats, "CISPOLoss", logp, ref_logp, mask, self.kl_coef, self.kl_kind, self.agg_mode, agg)
-        return loss, stats
+        return self.with_kl(pg, stats, logp, ref_logp, mask, self.agg_mode, agg), stats

@@ -28,6 +28,7 @@ __all__ = [
     "aggregate",
     "global_counts",
     "to_float",
+    "apply_weights",
 ]
 
 #: δ = ref − logp is clamped to this range before exponentiation in the k3 estimator.
@@ -42,6 +43,20 @@ def to_float(x: torch.Tensor | float | int) -> float:
 
 
 # --------------------------------------------------------------------------- masked ops
+
+def apply_weights(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Per-token losses [B,T] times detached weights ([B,T] per token or [B] per sequence); None
+    leaves them unchanged (how the truncated importance weights enter every policy loss)."""
+    if weights is None:
+        return losses
+    w = weights.detach().to(losses.dtype)
+    if w.dim() == losses.dim() - 1:
+        w = w.unsqueeze(-1)
+    if w.shape[0] != losses.shape[0] or (w.shape[-1] not in (1, losses.shape[-1])):
+        raise ValueError(f"weights shape {tuple(weights.shape)} does not match the loss's "
+                         f"{tuple(losses.shape)} (token weights [B,T] or sequence weights [B])")
+    return losses * w
+
 
 def _as_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(dtype=like.dtype if like.is_floating_point() else torch.float32)

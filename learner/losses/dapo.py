@@ -15,22 +15,22 @@ Four changes to GRPO, three of them here and one in the GRPO stage:
                = −1                              if L > L_max
   A response cut at the budget (L = L_max) gets −1.
 - **Dynamic sampling**: groups whose rewards are all equal (zero advantage) are dropped and the
-  batch refilled: that is the GRPO stage's zero-variance filter; ``dynamic_sampling`` (default on)
-  is what the recipe sets it from.
+  batch refilled: that is the GRPO stage's zero-variance filter, which the recipe turns on with
+  ``--loss dapo`` (``--filter-zero-variance false`` turns it off).
 
-Defaults (the paper's): ε_low 0.2, ε_high 0.28, no KL term (β = 0), token-mean, dynamic sampling on,
-overlong buffer L_cache = L_max / 5 (the paper: L_max = 20,480 with a 4,096-token buffer; its
-expected maximum 16,384). L_max has no portable default: it is the rollout's max_new_tokens.
+Defaults (the paper's): ``clip`` ε_low 0.2, ε_high 0.28 with token-mean aggregation, no KL term
+(``kl.coef`` 0), dynamic sampling on, overlong buffer L_cache = L_max / 5 (the paper: L_max = 20,480
+with a 4,096-token buffer; its expected maximum 16,384). L_max has no portable default: the recipe
+sets it to ``--rollout.sampling.max-new-tokens``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .core import aggregate, to_float
-from .grpo import group_advantages
-from .pg_common import add_kl_term, apply_weights, check_policy_loss_fields, clip_surrogate, ratio_stats
+from .config import ClipConfig, KLConfig
+from .grpo import ClippedPolicyLoss, group_advantages
 
 __all__ = ["DAPOLoss", "overlong_reward"]
 
@@ -47,43 +47,26 @@ def overlong_reward(lengths: torch.Tensor, max_len: int, buffer: int) -> torch.T
 
 
 @dataclass
-class DAPOLoss:
+class DAPOLoss(ClippedPolicyLoss):
     """DAPO objective (arXiv 2503.14476): clip-higher PPO surrogate, token-mean over the batch, group
-    advantages of overlong-shaped rewards; ``dynamic_sampling`` switches the stage's zero-variance filter."""
+    advantages of overlong-shaped rewards (dynamic sampling is the GRPO stage's zero-variance filter)."""
 
-    eps_low: float = 0.2
-    """Lower clip range (paper: 0.2)."""
-    eps_high: float = 0.28
-    """Upper clip range, clip-higher (paper: 0.28)."""
-    dynamic_sampling: bool = True
-    """Drop zero-variance groups and refill the batch (the GRPO stage's filter_zero_variance)."""
+    clip: ClipConfig = field(default_factory=lambda: ClipConfig(eps_low=0.2, eps_high=0.28))
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.0))
     overlong_shaping: bool = True
     """Add the soft overlong punishment r_len to each reward before the group normalisation."""
     overlong_max_len: int | None = None
-    """L_max of the shaping: the rollout's max_new_tokens (required when overlong_shaping is on)."""
+    """L_max of the shaping (none: the rollout's max_new_tokens)."""
     overlong_buffer: int | None = None
-    """L_cache, the soft-punishment buffer in tokens; None: L_max // 5 (the paper's 4,096 of 20,480)."""
+    """L_cache, the soft-punishment buffer in tokens; none: L_max // 5 (the paper's 4,096 of 20,480)."""
     overlong_factor: float = 1.0
     """Scale of r_len added to the reward (paper: 1)."""
-    kl_coef: float = 0.0
-    """β of a KL term toward the reference in the loss (paper: 0, DAPO drops the KL)."""
-    kl_kind: str = "k3"
-    """KL estimator: k1, k2 or k3."""
     adv_eps: float = 1e-6
     """Added to the group std before dividing."""
 
     def __post_init__(self) -> None:
-        check_policy_loss_fields("DAPOLoss", self.kl_kind)
         if self.overlong_max_len is not None and self.overlong_max_len < 1:
             raise ValueError(f"DAPOLoss.overlong_max_len={self.overlong_max_len}: must be >= 1")
-
-    @property
-    def kl_in_loss(self) -> bool:
-        return self.kl_coef > 0
-
-    @property
-    def kl_in_advantages(self) -> bool:
-        return False
 
     def buffer(self) -> int:
         if self.overlong_max_len is None:
@@ -103,16 +86,6 @@ class DAPOLoss:
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
                            mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Group-normalised advantages [B] of the overlong-shaped rewards."""
-        return group_advantages(self.shaped_rewards(rewards, mask), group_uid, "group", self.adv_eps)
-
-    def __call__(self, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
-                 advantages: torch.Tensor, mask: torch.Tensor, global_tokens: int | float | None = None,
-                 global_seqs: int | None = None, max_len: int | None = None,
-                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
-        losses, parts = clip_surrogate(logp, old_logp, advantages, self.eps_low, self.eps_high)
-        pg = aggregate(apply_weights(losses, weights), mask, "token-mean", **agg)
-        stats = {"pg_loss": to_float(pg), **ratio_stats(parts["ratio"], parts["log_ratio"], parts["clipped"], mask)}
-        loss = add_kl_term(pg, stats, "DAPOLoss", logp, ref_logp, mask, self.kl_coef, self.kl_kind, "token-mean", agg)
-        return loss, stats
+        """Group-normalised advantages [B] of the overlong-shaped (and KL-penalised, if in the reward) rewards."""
+        rewards = self.penalized_rewards(self.shaped_rewards(rewards, mask), old_logp, ref_logp, mask)
+        return group_advantages(rewards, group_uid, "group", self.adv_eps)

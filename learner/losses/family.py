@@ -1,10 +1,10 @@
 """The policy-loss family by name, for ``--loss NAME`` (a typed name → class table, no dispatch on strings).
 
 Every entry has the GRPO stage's interface: ``compute_advantages(rewards, group_uid, old_logp,
-ref_logp, mask)`` on the full batch, ``kl_in_advantages``/``kl_in_loss``, and
-``__call__(logp, old_logp, ref_logp, advantages, mask, global_tokens=, global_seqs=, max_len=)``
-returning ``(loss, stats)``. The family's new members also take ``weights=`` (the truncated
-importance weights of :mod:`learner.losses.tis`).
+ref_logp, mask)`` on the full batch, a ``kl: KLConfig`` (``kl.in_advantages``, ``penalized_rewards``),
+and ``__call__(logp, old_logp, ref_logp, advantages, mask, global_tokens=, global_seqs=, max_len=,
+weights=)`` returning ``(loss, stats)``; ``weights`` are the truncated importance weights of
+:mod:`learner.losses.tis`. All but CISPO compose the shared ``clip: ClipConfig``.
 """
 from __future__ import annotations
 
@@ -39,4 +39,4 @@ def make_policy_loss(name: str, **fields: Any) -> PolicyLoss:
 
 def dynamic_sampling(loss: PolicyLoss) -> bool:
     """Whether the loss's algorithm drops zero-variance groups and refills the batch (DAPO)."""
-    return isinstance(loss, DAPOLoss) and loss.dynamic_sampling
+    return isinstance(loss, DAPOLoss)

@@ -23,7 +23,7 @@ from enum import Enum
 import torch
 
 from .config import ClipConfig, KLConfig
-from .core import AggMode, KLKind, _enum, aggregate, kl_estimate, masked_mean, to_float
+from .core import AggMode, KLKind, _enum, aggregate, apply_weights, kl_estimate, masked_mean, to_float
 
 __all__ = [
     "AdvScale",
@@ -32,6 +32,7 @@ __all__ = [
     "policy_loss",
     "kl_reward_penalty",
     "kl_penalized_rewards",
+    "KLTerm",
     "ClippedPolicyLoss",
     "GRPOLoss",
 ]
@@ -121,6 +122,7 @@ def policy_loss(
     global_tokens: int | float | None = None,
     global_seqs: int | None = None,
     max_len: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO-clip surrogate. logp/old_logp/mask [B,T]; advantages [B,T] or [B] (broadcast).
 
@@ -132,6 +134,9 @@ def policy_loss(
     the clipped term is the active one (gradient zeroed by clipping); ``dual_clip_frac``;
     ``ratio_mean``; ``ratio_max``; ``approx_kl`` = mean((ratio − 1) − log ratio), the k3
     estimate of KL(old ‖ new), ≥ 0.
+
+    ``weights`` (detached, [B,T] or [B]) multiply each token's loss before aggregation: the truncated
+    importance weights of :mod:`learner.losses.tis` (None: unweighted).
     """
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
@@ -152,7 +157,7 @@ def policy_loss(
         dual_active = (advantages < 0) & (losses > pg3)
         losses = torch.where(advantages < 0, torch.minimum(losses, pg3), losses)
 
-    loss = aggregate(losses, mask, agg_mode, global_tokens, global_seqs, max_len)
+    loss = aggregate(apply_weights(losses, weights), mask, agg_mode, global_tokens, global_seqs, max_len)
 
     with torch.no_grad():
         m = mask.to(ratio.dtype)
@@ -189,10 +194,42 @@ def kl_penalized_rewards(
 
 # --------------------------------------------------------------------------- GRPO loss
 
+class KLTerm:
+    """The KL to the frozen reference every policy loss of the family handles alike (needs ``self.kl``):
+    in the loss (:meth:`with_kl`) or in the reward (:meth:`penalized_rewards`)."""
+
+    kl: KLConfig
+
+    def with_kl(self, loss: torch.Tensor, stats: dict[str, float], logp: torch.Tensor,
+                ref_logp: torch.Tensor | None, mask: torch.Tensor, agg_mode: str, agg: dict) -> torch.Tensor:
+        """loss + kl.coef·aggregate(kl_estimate(logp, ref)) when the KL is in the loss; logs ``kl`` (when
+        a reference is given) and ``loss`` into ``stats``. The KL term is never importance-weighted."""
+        if ref_logp is not None:
+            kl_tok = kl_estimate(logp, ref_logp.detach(), self.kl.kind)
+            if self.kl.in_loss:
+                loss = loss + self.kl.coef * aggregate(kl_tok, mask, agg_mode, **agg)
+            stats["kl"] = to_float(masked_mean(kl_tok.detach(), mask))
+        elif self.kl.in_loss:
+            raise ValueError(f"{type(self).__name__}: kl coef={self.kl.coef} > 0 puts a KL term in the loss but "
+                             f"ref_logp is None: keep a reference model or set the section's kl.coef to 0")
+        stats["loss"] = to_float(loss)
+        return loss
+
+    def penalized_rewards(self, rewards: torch.Tensor, old_logp: torch.Tensor | None,
+                          ref_logp: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+        """Rewards with the KL penalty when it is in the reward (else unchanged)."""
+        if not self.kl.in_advantages:
+            return rewards
+        if old_logp is None or ref_logp is None or mask is None:
+            raise ValueError("kl in_reward needs old_logp, ref_logp and mask")
+        return kl_penalized_rewards(rewards, old_logp, ref_logp, mask, self.kl.coef)
+
+
 @dataclass
-class ClippedPolicyLoss:
+class ClippedPolicyLoss(KLTerm):
     """policy_loss + kl.coef·aggregate(kl_estimate(logp, ref)) (the KL term only when it is in the
-    loss): the objective GRPO and SPO share; they differ in their advantages."""
+    loss): the objective GRPO, Dr.GRPO, DAPO and SPO share; they differ in their advantages and
+    defaults. ``weights`` are the truncated importance weights (policy term only)."""
 
     clip: ClipConfig = field(default_factory=ClipConfig)
     kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
@@ -207,30 +244,13 @@ class ClippedPolicyLoss:
         global_tokens: int | float | None = None,
         global_seqs: int | None = None,
         max_len: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
         c = self.clip
         pg, stats = policy_loss(logp, old_logp, advantages, mask, c.eps_low, c.eps_high, c.dual_clip,
-                                c.agg_mode, **agg)
-        loss = pg
-        if ref_logp is not None:
-            kl_tok = kl_estimate(logp, ref_logp.detach(), self.kl.kind)
-            if self.kl.in_loss:
-                loss = loss + self.kl.coef * aggregate(kl_tok, mask, c.agg_mode, **agg)
-            stats["kl"] = to_float(masked_mean(kl_tok.detach(), mask))
-        elif self.kl.in_loss:
-            raise ValueError("kl coef > 0 with the KL in the loss but ref_logp is None")
-        stats["loss"] = to_float(loss)
-        return loss, stats
-
-    def penalized_rewards(self, rewards: torch.Tensor, old_logp: torch.Tensor | None,
-                          ref_logp: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
-        """Rewards with the KL penalty when it is in the reward (else unchanged)."""
-        if not self.kl.in_advantages:
-            return rewards
-        if old_logp is None or ref_logp is None or mask is None:
-            raise ValueError("kl in_reward needs old_logp, ref_logp and mask")
-        return kl_penalized_rewards(rewards, old_logp, ref_logp, mask, self.kl.coef)
+                                c.agg_mode, **agg, weights=weights)
+        return self.with_kl(pg, stats, logp, ref_logp, mask, c.agg_mode, agg), stats
 
 
 @dataclass

@@ -165,11 +165,13 @@ class PPOLoss:
         global_tokens: int | float | None = None,
         global_seqs: int | None = None,
         max_len: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``weights``: truncated importance weights of the policy term (the value loss is not weighted)."""
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
         c = self.clip
         pg, stats = policy_loss(logp, old_logp, advantages, mask, c.eps_low, c.eps_high, c.dual_clip,
-                                c.agg_mode, **agg)
+                                c.agg_mode, **agg, weights=weights)
         vf, vstats = value_loss(values, old_values, returns, mask, self.vf_clip, c.agg_mode, **agg)
         loss = pg + self.vf_coef * vf
         stats.update(vstats)

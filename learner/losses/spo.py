@@ -56,17 +56,11 @@ def policy_drift(now_logp: torch.Tensor, then_logp: torch.Tensor, mask: torch.Te
 
 @dataclass
 class SPOLoss(ClippedPolicyLoss):
-    """SPO's objective: the clipped policy loss (+ KL) on tracker-baseline advantages."""
+    """SPO's objective: the clipped policy loss (+ KL) on tracker-baseline advantages. The SPO stage
+    computes them for any policy loss as ``spo_advantages(loss.penalized_rewards(r, ...), v)``: with the
+    KL in the reward r is penalised first (the tracker still sees the raw success)."""
 
     kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.01))
-
-    def compute_advantages(self, rewards: torch.Tensor, baselines: torch.Tensor,
-                           old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
-        """A = r − v normalised over the batch; with the KL in the reward, r is penalised first (the
-        tracker still sees the raw success)."""
-        rewards = self.penalized_rewards(rewards.float(), old_logp, ref_logp, mask)
-        return spo_advantages(rewards, baselines)
 
 
 class SPOTracker:

@@ -14,11 +14,12 @@ choice (lower variance, exact for single-token decisions); the sequence form is 
 sequences as long as nothing is truncated.
 
 Use: ``w, stats = tis_weights(old, rollout, mask, cap=2.0)`` then ``loss_fn(..., weights=w)`` (every
-loss of the family takes ``weights``); ``stats`` are the mismatch statistics to log each step.
+policy loss takes ``weights``); ``stats`` are the mismatch statistics to log each step. The RL stages
+do this when ``--update.tis-cap C`` is set (``--update.tis-level token|sequence``; see
+``learner.stages.rl_common``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -26,36 +27,12 @@ import torch
 from .core import _enum, masked_mean, to_float
 from .grpo import LOG_RATIO_CLAMP
 
-__all__ = ["TISLevel", "TISConfig", "tis_weights", "mismatch_stats"]
+__all__ = ["TISLevel", "tis_weights", "mismatch_stats"]
 
 
 class TISLevel(str, Enum):
     TOKEN = "token"
     SEQUENCE = "sequence"
-
-
-@dataclass
-class TISConfig:
-    """Truncated importance sampling of the rollout/learner mismatch (off when ``cap`` is None)."""
-
-    cap: float | None = None
-    """C, the truncation of the importance weight π_learner_old/π_rollout (e.g. 2.0); None: off."""
-    level: str = "token"
-    """token (one weight per token) or sequence (one weight per response: the product of its ratios)."""
-
-    def __post_init__(self) -> None:
-        _enum(TISLevel, self.level, "TIS level")
-        if self.cap is not None and self.cap < 1.0:
-            raise ValueError(f"TISConfig.cap={self.cap}: must be >= 1 (a cap below 1 down-weights on-policy tokens)")
-
-    @property
-    def enabled(self) -> bool:
-        return self.cap is not None
-
-    def weights(self, old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor):
-        if self.cap is None:
-            raise ValueError("TISConfig.cap is None: the correction is off (set --update.tis-cap C)")
-        return tis_weights(old_logp, rollout_logp, mask, self.cap, self.level)
 
 
 @torch.no_grad()

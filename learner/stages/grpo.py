@@ -7,9 +7,8 @@ import torch
 
 from rl.batch import RolloutBatch
 
-from ..experience import Micro
 from ..learner import Learner, StepPlan
-from ..losses import GRPOLoss, zero_variance_groups
+from ..losses import GRPOLoss, PolicyLoss, zero_variance_groups
 from .rl_common import RLStage, RLUpdateConfig
 
 
@@ -43,7 +42,8 @@ class ZeroVarianceFilter:
 
 @dataclass
 class GRPOStage(RLStage):
-    loss_fn: GRPOLoss = field(default_factory=GRPOLoss)
+    loss_fn: PolicyLoss = field(default_factory=GRPOLoss)
+    """Any loss of the family (learner.losses.family): GRPO, Dr.GRPO, DAPO, GSPO, CISPO."""
     update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
     filter: ZeroVarianceFilter | None = None
     """Zero-variance group filtering with refill (None: train on every group)."""
@@ -65,9 +65,3 @@ class GRPOStage(RLStage):
         stats = self.batch_stats(batch, stats)
         stats["zero_var_frac"] = float(zero_variance_groups(rewards, uid).float().mean())
         return StepPlan(self.minibatches(learner, exp), stats)
-
-    def loss(self, learner: Learner, m: Micro):
-        logp, old, extra = self.policy_forward(learner, m)
-        e = m.exp
-        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts)
-        return loss, {**self.per_token(stats, m), **extra}

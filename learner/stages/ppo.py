@@ -47,8 +47,8 @@ class PPOStage(RLStage):
         return StepPlan(self.minibatches(learner, exp), stats)
 
     def loss(self, learner: Learner, m: Micro):
-        logp, old, extra = self.policy_forward(learner, m)
+        logp, old, w, extra = self.policy_forward(learner, m)
         e = m.exp
         values = critic_values(learner.critic, e.seq, e.attn, e.response_len)
-        loss, stats = self.loss_fn(logp, old, values, e.old_values, e.adv, e.returns, e.mask, **m.counts)
+        loss, stats = self.loss_fn(logp, old, values, e.old_values, e.adv, e.returns, e.mask, **m.counts, weights=w)
         return loss, {**self.per_token(stats, m), **extra}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import torch
 
@@ -14,7 +14,7 @@ from rl.batch import RolloutBatch
 
 from ..experience import Experience, Micro
 from ..learner import Learner
-from ..losses import masked_mean
+from ..losses import masked_mean, mismatch_stats, tis_weights
 from .logprobs import logprobs_and_entropy, response_logits, response_logprobs
 from .supervised import StageBase
 
@@ -28,11 +28,28 @@ class RLUpdateConfig:
     use_rollout_logprobs: bool = False
     """Take the engine's logprobs as the old policy instead of recomputing them (e.g. a bf16 engine
     whose mismatch you accept); stale batches always use them."""
+    tis_cap: float | None = None
+    """Truncated importance sampling of the rollout/learner mismatch: each token's policy-gradient loss
+    is weighted by min(pi_learner_old / pi_rollout, C) with this C >= 1. none: off, except with
+    --rollout.quantize int8 where the recipe sets 2.0 (unless --update.use-rollout-logprobs, whose ratio
+    already divides by the engine's policy); 0: off in every case. Stale (off-policy) batches train
+    against the engine's logprobs, so their weights are 1."""
+    tis_level: Literal["token", "sequence"] = "token"
+    """TIS weight per token, or one per response (the product of its token ratios, then truncated)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError(f"--update.epochs={self.epochs} and --update.minibatches={self.minibatches} "
                              f"must be >= 1")
+        if self.tis_cap is not None and self.tis_cap != 0 and self.tis_cap < 1:
+            raise ValueError(f"--update.tis-cap={self.tis_cap}: the truncation C must be >= 1 (a cap below 1 "
+                             f"down-weights on-policy tokens), 0 (off) or none")
+        if self.tis_cap and self.use_rollout_logprobs:
+            raise ValueError(f"--update.tis-cap={self.tis_cap} with --update.use-rollout-logprobs: the old policy IS "
+                             f"the rollout's, so the weights would all be 1; the ratio already corrects the mismatch "
+                             f"there: drop one of the two")
+        if self.tis_level not in ("token", "sequence"):
+            raise ValueError(f"--update.tis-level={self.tis_level!r}: choose token or sequence")
 
     @property
     def single_update(self) -> bool:
@@ -92,9 +109,20 @@ class RLStage(StageBase):
                 counts = dict(global_tokens=float(mb.mask.sum()), global_seqs=len(idx), max_len=exp.response_len)
                 yield [Micro(m, **counts) for m in mb.chunks(learner.optim_cfg.micro_batch_size)]
 
-    def policy_forward(self, learner: Learner, m: Micro) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """(logp with grad, old logp, stats). Without `old_logp` the old logprobs are these, detached,
-        and the engine-vs-learner gap is measured on them."""
+    def loss(self, learner: Learner, m: Micro):
+        """The policy loss on the experience's advantages (GRPO, SPO; PPO adds its critic)."""
+        logp, old, w, extra = self.policy_forward(learner, m)
+        e = m.exp
+        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts, weights=w)
+        return loss, {**self.per_token(stats, m), **extra}
+
+    def policy_forward(self, learner: Learner, m: Micro
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+        """(logp with grad, old logp, TIS weights or None, stats). Without `old_logp` the old logprobs
+        are these, detached, and the engine-vs-learner gap is measured on them. The mismatch between
+        the old policy and the engine's logprobs is logged every step (mismatch_abs_mean/max,
+        mismatch_kl); with --update.tis-cap the truncated weights min(exp(old - rollout), C) come
+        back for the loss (with tis_truncated_frac and tis_weight_mean)."""
         e = m.exp
         logits = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
         logp, ent = logprobs_and_entropy(logits, e.response_ids)
@@ -104,7 +132,12 @@ class RLStage(StageBase):
         else:
             old = logp.detach()
             stats["logprob_gap"] = float(((old - e.rollout_logp).abs() * e.mask).max())
-        return logp, old, stats
+        weights = None
+        if self.update.tis_cap:
+            weights, tis = tis_weights(old, e.rollout_logp, e.mask, self.update.tis_cap, self.update.tis_level)
+        else:
+            tis = mismatch_stats(old, e.rollout_logp, e.mask)
+        return logp, old, weights, {**stats, **tis}
 
     @staticmethod
     def per_token(stats: dict[str, float], m: Micro) -> dict[str, float]:

@@ -11,16 +11,16 @@ import torch
 from minimind.generate import left_pad
 from rl.batch import RolloutBatch
 
-from ..experience import Micro
 from ..learner import Learner, StepPlan
-from ..losses import SPOLoss, SPOTracker, policy_drift
+from ..losses import CISPOLoss, GSPOLoss, SPOLoss, SPOTracker, policy_drift, spo_advantages
 from .logprobs import response_logprobs
 from .rl_common import RLStage, RLUpdateConfig
 
 
 @dataclass
 class SPOStage(RLStage):
-    loss_fn: SPOLoss = field(default_factory=SPOLoss)
+    loss_fn: SPOLoss | CISPOLoss | GSPOLoss = field(default_factory=SPOLoss)
+    """The policy objective on the tracker's advantages (one sample per prompt: no group statistics)."""
     update: RLUpdateConfig = field(default_factory=RLUpdateConfig)
     tracker: SPOTracker = field(default_factory=SPOTracker)
     seed: int = 0
@@ -70,8 +70,9 @@ class SPOStage(RLStage):
         keys = batch.prompt_keys
         rewards = batch.rewards.float()
         baseline = self.tracker.baseline(keys)
-        exp.adv = self.loss_fn.compute_advantages(rewards, baseline, exp.old_logp, exp.ref_logp,
-                                                  exp.mask).to(learner.device)
+        # the tracker sees the raw success; the advantages see the KL-penalised reward when it is in the reward
+        penalized = self.loss_fn.penalized_rewards(rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.mask)
+        exp.adv = spo_advantages(penalized, baseline).to(learner.device)
         drift = self.drift(learner, keys, batch.temperature)
         self.tracker.update(keys, rewards.clamp(0, 1), drift)
         old = exp.old_logp.cpu()
@@ -85,9 +86,3 @@ class SPOStage(RLStage):
         stats.update(baseline_mean=float(baseline.mean()), drift_mean=float(drift.mean()),
                      rho_mean=float(self.tracker.rho(drift).mean()))
         return StepPlan(self.minibatches(learner, exp), stats)
-
-    def loss(self, learner: Learner, m: Micro):
-        logp, old, extra = self.policy_forward(learner, m)
-        e = m.exp
-        loss, stats = self.loss_fn(logp, old, e.ref_logp, e.adv, e.mask, **m.counts)
-        return loss, {**self.per_token(stats, m), **extra}
