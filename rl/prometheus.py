@@ -2,11 +2,14 @@
 can be queried and graphed while the run trains (the Ray dashboard draws charts only with Prometheus).
 
 It is Debian's `prometheus` binary (apt-get install prometheus), never downloaded at run time. It
-listens on 127.0.0.1 only and reads the service-discovery file Ray writes for its session (the file
-Ray's own prometheus.yml points at), with a short scrape interval so a short run is visible. Its data
-stays in <run_dir>/prometheus; it ends with the run (and with the driver, however it ends)."""
+listens on 127.0.0.1 only and scrapes what Ray's own session config scrapes (job 'ray': each node's
+metrics export port, in the file-discovery format of Ray's prom_metrics_service_discovery.json, which
+Ray itself writes only when its dashboard runs), with a short scrape interval so a short run is
+visible. Its config and data stay in <run_dir>/prometheus; it ends with the run (and with the driver,
+however it ends)."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -21,7 +24,6 @@ scrape_configs:
   - files:
     - '{discovery}'
 """
-DISCOVERY_FILE = "prom_metrics_service_discovery.json"   # what Ray writes into its session folder
 
 
 def prometheus_binary() -> str:
@@ -46,21 +48,29 @@ class LocalPrometheus:
             self.proc.wait()
 
 
-def start_prometheus(session_dir: str, run_dir: Path, port: int, interval_s: int = 2) -> LocalPrometheus:
-    """Prometheus on 127.0.0.1:`port` scraping the Ray session in `session_dir`."""
+def ray_targets() -> list[str]:
+    """host:port of every live Ray node's metrics export endpoint."""
+    import ray
+
+    return [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes()
+            if n.get("Alive") and n.get("MetricsExportPort")]
+
+
+def start_prometheus(targets: list[str], run_dir: Path, port: int, interval_s: int = 2) -> LocalPrometheus:
+    """Prometheus on 127.0.0.1:`port` scraping `targets` (Ray's metrics endpoints)."""
     binary = prometheus_binary()
-    conf_dir = Path(session_dir) / "metrics" / "prometheus"
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    conf = conf_dir / "minimind_prometheus.yml"
-    conf.write_text(SCRAPE_CONFIG.format(interval=interval_s, discovery=Path(session_dir) / DISCOVERY_FILE))
-    data = run_dir / "prometheus"
-    data.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir / "prometheus.log", "ab")
+    home = run_dir / "prometheus"
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    discovery = home / "ray_targets.json"
+    discovery.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+    conf = home / "prometheus.yml"
+    conf.write_text(SCRAPE_CONFIG.format(interval=interval_s, discovery=discovery.resolve()))
+    log = open(home / "prometheus.log", "ab")
     proc = subprocess.Popen([binary, f"--config.file={conf}", f"--web.listen-address=127.0.0.1:{port}",
-                             f"--storage.tsdb.path={data}", "--log.level=warn"],
+                             f"--storage.tsdb.path={home / 'data'}", "--log.level=warn"],
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
     url = f"http://127.0.0.1:{port}"
     print(f"[prometheus] {url}  (graph or query the run's gauges, e.g. {url}/graph?g0.expr=ray_minimind_reward_mean; "
-          f"log in {run_dir / 'prometheus.log'})", flush=True)
+          f"log in {home / 'prometheus.log'})", flush=True)
     return LocalPrometheus(proc, url)

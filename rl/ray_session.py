@@ -74,15 +74,6 @@ def init_ray(address: str | None, dashboard: bool, dashboard_host: str, overlapp
     return reaper
 
 
-def session_dir() -> str | None:
-    """This run's Ray session folder (where Ray writes its Prometheus scrape config), if local."""
-    import ray
-
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)
-    return node.get_session_dir_path() if node is not None else None
-
-
 def resolve_device(name: str) -> str:
     """auto: cuda when this process sees a GPU, or (a driver on a CPU head node) when the Ray
     cluster it joined has GPUs; else cpu."""

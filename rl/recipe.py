@@ -38,8 +38,8 @@ from .actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
 from .bootstrap import bootstrap_policy
 from .config import MathRLConfig
 from .driver import RLDriver, summarize_groups
-from .ray_session import init_ray, placement, print_placement, resolve_device, session_dir
-from .prometheus import prometheus_binary, start_prometheus
+from .ray_session import init_ray, placement, print_placement, resolve_device
+from .prometheus import prometheus_binary, ray_targets, start_prometheus
 from .report import actors_peak_memory, print_summary, summarize_run
 from .samplers import ShuffleSampler, WeightedSampler
 from .seeds import derive_seed
@@ -227,7 +227,7 @@ def run_math_rl(cfg: MathRLConfig) -> dict[str, Any]:
     print_placement(actors.named())
     prometheus = None
     if cfg.prometheus:
-        prometheus = start_prometheus(session_dir(), run_dir, cfg.prometheus_port)
+        prometheus = start_prometheus(ray_targets(), run_dir, cfg.prometheus_port)
         if reaper is not None:
             reaper.watch([prometheus.proc.pid])
     # the run has started for real (data read, policy found, actors up): only now may the earlier results go
