@@ -57,6 +57,7 @@ def _start(run_dir: Path, policy: Path, *extra: str) -> subprocess.Popen:
             "--rollout.sampling.max-new-tokens=8", "--driver.prompts-per-step=2", "--driver.steps=100000",
             "--driver.checkpoint-every=1", "--plot-every=0", *extra]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MINIMIND_DEBUG")}
+    env["RAY_metrics_report_interval_ms"] = "1000"   # gauges reach the endpoint in 1 s instead of 10
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
