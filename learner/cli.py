@@ -288,31 +288,76 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
 # --------------------------------------------------------------------------- building
 
 
+def _json_kind(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
 def _coerce_json(value: Any, tp: Any, where: str) -> Any:
-    """Light coercion of a JSON value to the field type (lists -> tuples, Literal check)."""
+    """A JSON value checked against the field type with the flags' rules: CLI-style strings go
+    through the flag's converter; otherwise the JSON type must fit (2.5 or true is no int, a list is
+    no int, lists become tuples, every element is checked)."""
     inner, optional = _strip_optional(tp)
     if value is None:
         if optional:
             return None
         raise ValueError(f"{where}: null is not allowed for a non-optional field")
-    if isinstance(value, str) and not (inner is str or inner is Path
-                                       or typing.get_origin(inner) is Literal):
+    origin = typing.get_origin(inner)
+    if isinstance(value, str) and not (inner is str or inner is Path or origin is Literal):
         try:
             return _converter(tp)(value)  # accept CLI-style strings in the file too
         except argparse.ArgumentTypeError as e:
             raise ValueError(f"{where}: {e}") from None
-    origin = typing.get_origin(inner)
-    if origin is Literal and value not in typing.get_args(inner):
-        shown = ", ".join(repr(c) for c in typing.get_args(inner))
-        raise ValueError(f"{where}: invalid choice: {value!r} (choose from {shown})")
-    if (origin is tuple or inner is tuple) and isinstance(value, list):
-        return tuple(value)
-    if inner is float and isinstance(value, int) and not isinstance(value, bool):
+
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"{where}: expected {expected}, got {json.dumps(value)} ({_json_kind(value)})")
+
+    if origin is Literal:
+        choices = typing.get_args(inner)
+        # `in` would take true for 1 and 1 for 1.0: the JSON type must match the choice's too
+        if not any(value == c and type(value) is type(c) for c in choices):
+            shown = ", ".join(repr(c) for c in choices)
+            raise ValueError(f"{where}: invalid choice: {value!r} (choose from {shown})")
+        return value
+    if origin in (tuple, list) or inner in (tuple, list):
+        if not isinstance(value, list):
+            raise wrong("a list")
+        args = typing.get_args(inner)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            elems = [args[0]] * len(value)
+        elif origin is tuple and args:
+            if len(value) != len(args):
+                raise wrong(f"a list of {len(args)} values")
+            elems = list(args)
+        else:
+            elems = [args[0] if args else Any] * len(value)
+        items = [v if t is Any else _coerce_json(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, elems))]
+        return tuple(items) if (origin or inner) is tuple else items
+    if inner is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if inner is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if inner is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
         return float(value)
-    if inner is Path:
-        return Path(value)
+    if inner is str or inner is Path:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return Path(value) if inner is Path else value
+    if inner is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise wrong("a JSON object")
+        return value
     if isinstance(inner, type) and issubclass(inner, enum.Enum):
-        return _scalar_converter(inner)(str(value))
+        try:
+            return _scalar_converter(inner)(str(value))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"{where}: {e}") from None
     return value
 
 

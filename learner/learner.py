@@ -131,6 +131,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _one_line(e: Exception) -> str:
+    """A loader's multi-line message as one line: shape mismatches counted, the first one shown."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    shapes = [x for x in lines if x.startswith("size mismatch")]
+    if shapes:
+        return (f"{len(shapes)} tensor(s) differ in shape from this model ({shapes[0]}); the checkpoint was "
+                f"made with other model settings (--preset / model flags must match the run it continues)")
+    return lines[0] if lines else type(e).__name__
+
+
 def find_checkpoint(path: str | Path) -> Path | None:
     """The newest complete checkpoint at `path`: the folder itself, or what a save interrupted by a
     crash left beside it (`.tmp` fully written but not renamed, `.old` moved aside)."""
@@ -304,9 +314,12 @@ class Learner:
             try:
                 safetensors.torch.load_model(module, str(path / f"{name}.safetensors"), strict=True)
             except Exception as e:  # missing file, corrupt file, missing/unexpected/mis-shaped tensors
-                raise CheckpointError(f"{path / f'{name}.safetensors'}: {e}") from e
-        # weights_only: the file holds tensors, numbers, strings and tuples only
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+                raise CheckpointError(f"{path / f'{name}.safetensors'}: {_one_line(e)}") from e
+        try:  # weights_only: the file holds tensors, numbers, strings and tuples only
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated / corrupt zip, or something not saved by save_checkpoint
+            raise CheckpointError(f"{state_file}: cannot read the trainer state (truncated or corrupt?): "
+                                  f"{_one_line(e)}") from e
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.version = state["step"], state["version"]
         set_rng_state(state["rng"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import re
 import time
 import warnings
@@ -123,6 +124,15 @@ class MetricsLogger:
 
             self._bar = tqdm(total=total_steps, desc=desc or None, dynamic_ncols=True)
         self.ray = RayMetrics(run=self.run_dir.name) if ray_metrics else None
+
+    def warn(self, message: str) -> None:
+        """`warning: <message>` on stderr, above the progress bar (not through it)."""
+        import sys
+
+        if self._bar is not None:
+            self._bar.write(f"warning: {message}", file=sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
         """Record metrics for ``step``; returns the record as written."""
@@ -266,5 +276,8 @@ def plot_metrics(path_jsonl: str | Path, out_png: str | Path, keys: Iterable[str
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100, format="png")
+    # written beside, then renamed: a viewer reloading the file during a run never sees half a PNG
+    tmp = out_png.with_name(out_png.name + ".tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, out_png)
     return out_png

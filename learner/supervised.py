@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .learner import Learner
+from .learner import Learner, find_checkpoint
 from .metrics import MetricsLogger, plot_metrics
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint"
     if resume:
-        if not (ckpt / "trainer_state.pt").exists():
+        if find_checkpoint(ckpt) is None:   # also what a save interrupted by a crash left beside it
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
         extra = learner.load_checkpoint(ckpt)
         batches.load_state_dict(extra["data"])

@@ -2,35 +2,76 @@
 
 A local run's Ray binds every port to 127.0.0.1 (raylet, GCS, workers, dashboard, metrics): Ray 2.60
 replaces --node-ip-address=127.0.0.1 by the machine's address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-is set for the processes it starts (shared/ENVIRONMENT.md). `--address auto` joins a real cluster
-unchanged."""
+is set (shared/ENVIRONMENT.md), and Ray reads that variable once, when it is imported: the processes
+it starts get it from the environment, this process needs its constant set (tests/test_ray_lifetime.py
+lists the run's listening sockets). Its processes end with the driver, however the driver ends
+(runtime.reaper), and its session files (under a temp folder of its own) go with them.
+`--address auto` joins a real cluster unchanged."""
 from __future__ import annotations
 
 import os
+import signal
+import tempfile
 from typing import Any
 
 import torch
 
 from runtime import openmp_env
+from runtime.reaper import Reaper, descendants
+
+TOKEN_HINT = "the page asks for a token: run `ray get-auth-token` (it prints the one in ~/.ray/auth_token)"
 
 
-def init_ray(address: str | None, dashboard: bool, dashboard_host: str, overlapping: bool) -> None:
+LOOPBACK_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """This process's Ray on 127.0.0.1 only (the processes it starts get LOOPBACK_VAR from ray.init)."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False   # read at import; Ray was imported before the flags were parsed
+
+
+def _terminate_like_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def init_ray(address: str | None, dashboard: bool, dashboard_host: str, overlapping: bool) -> Reaper | None:
     """Start a loopback-only local Ray (address None) or join `address`. `overlapping`: learner and
-    rollouts share the cores at the same time (off-policy), which decides how OpenMP threads wait."""
+    rollouts share the cores at the same time (off-policy), which decides how OpenMP threads wait.
+    Returns the local Ray's reaper (more processes to end with the driver go to its `watch`)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
+    reaper = None
     env = {"env_vars": openmp_env(overlapping=overlapping)}
     if address:
         ctx = ray.init(address=address, runtime_env=env)
     else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ctx = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=os.cpu_count(),
-                       _node_ip_address="127.0.0.1", runtime_env=env)
+        _loopback_only()
+        temp_dir = tempfile.mkdtemp(prefix="minimind-ray-")
+        reaper = Reaper.start(temp_dir)
+        before = os.environ.get(LOOPBACK_VAR)
+        os.environ[LOOPBACK_VAR] = "0"     # inherited by GCS, raylet, agents and (through raylet) workers
+        try:
+            ctx = ray.init(include_dashboard=dashboard, dashboard_host=dashboard_host, num_cpus=os.cpu_count(),
+                           _node_ip_address="127.0.0.1", _temp_dir=temp_dir, runtime_env=env)
+        finally:   # anything else this process starts later keeps the user's environment
+            if before is None:
+                os.environ.pop(LOOPBACK_VAR, None)
+            else:
+                os.environ[LOOPBACK_VAR] = before
+        reaper.watch(descendants())
+    # after ray.init: Ray's core worker installs a SIGTERM handler that dumps a C++ stack; a SIGTERM'd
+    # run ends like Ctrl-C instead (KeyboardInterrupt: `finally` blocks shut Ray down)
+    signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     if getattr(ctx, "dashboard_url", None):
-        print(f"[ray] dashboard: http://{ctx.dashboard_url}  (actors: learner, rollout-i, reward-j; "
-              f"it asks for a token: `ray get-auth-token` prints it)")
+        print(f"[ray] dashboard: http://{ctx.dashboard_url}  (actors: learner, rollout-i, reward-j; {TOKEN_HINT})",
+              flush=True)
+    return reaper
 
 
 def resolve_device(name: str) -> str:

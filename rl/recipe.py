@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import os
+import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from typing import Any, Callable
 import torch
 
 from learner.cli import config_to_dict, parse_config
-from learner.errors import run_or_exit
+from learner.errors import RunStopped, run_or_exit
+from learner.inputs import check_checkpoint_path, check_data_path, check_device
 from learner.learner import Learner, find_checkpoint
+from learner.run_folder import check_run_folder, start_fresh
 from learner.metrics import MetricsLogger, plot_metrics
 from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
 from minimind.config import MiniMindConfig
@@ -36,9 +39,11 @@ from .bootstrap import bootstrap_policy
 from .config import MathRLConfig
 from .driver import RLDriver, summarize_groups
 from .ray_session import init_ray, placement, print_placement, resolve_device
-from .report import print_summary, summarize_run
+from .prometheus import prometheus_binary, ray_targets, start_prometheus
+from .report import actors_peak_memory, print_summary, summarize_run
 from .samplers import ShuffleSampler, WeightedSampler
 from .seeds import derive_seed
+from .watch import CollapseWatcher
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +67,7 @@ def prepare(cfg: MathRLConfig) -> Prepared:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     init = Path(cfg.init) if cfg.init else bootstrap_policy(run_dir, cfg.bootstrap, cfg.seed, cfg.progress)
-    if not init.exists():
-        raise FileNotFoundError(f"--init {init}: no such checkpoint")
+    check_checkpoint_path(init, "--init")
     init_folder = init if init.is_dir() else init.parent
     tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else init_folder
     if not (tok_dir / "tokenizer.json").is_file() and not tok_dir.name.endswith(".json"):
@@ -171,6 +175,53 @@ def start_live_view(cfg: MathRLConfig, prep: Prepared) -> Any:
     return served
 
 
+def check_start(cfg: MathRLConfig) -> str:
+    """What can be checked before anything is read, written or started; returns the checkpoint folder."""
+    run_dir = Path(cfg.run_dir)
+    check_run_folder(run_dir, cfg.resume, cfg.overwrite)
+    for flag in ("dataset", "test_dataset"):
+        if getattr(cfg, flag):
+            check_data_path(getattr(cfg, flag), "--" + flag.replace("_", "-"))
+    if cfg.init:
+        check_checkpoint_path(cfg.init, "--init")
+    if not cfg.address:   # a cluster may have the GPU this machine lacks
+        check_device(cfg.device)
+    ckpt_dir = str((run_dir / "checkpoint").resolve())
+    if cfg.resume and find_checkpoint(ckpt_dir) is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
+    if cfg.prometheus:
+        if cfg.address:
+            raise ValueError("--prometheus starts a Prometheus for a local Ray; on a cluster use Ray's own "
+                             "(`ray metrics launch-prometheus` on the head node)")
+        prometheus_binary()
+    if cfg.plot_every < 0:
+        raise ValueError(f"--plot-every={cfg.plot_every} must be >= 0")
+    return ckpt_dir
+
+
+def checkpoint_step(ckpt_dir: str) -> int | None:
+    found = find_checkpoint(ckpt_dir)
+    return json.loads((found / "extra.json").read_text()).get("step") if found else None
+
+
+def stopped(reason: str, ckpt_dir: str, step: int) -> RunStopped:
+    """The run ended early: say where it stopped and where --resume continues."""
+    saved = checkpoint_step(ckpt_dir)
+    where = (f"--resume continues from the checkpoint at step {saved}" if saved is not None
+             else "no checkpoint was saved (--driver.checkpoint-every N saves one every N steps)")
+    return RunStopped(f"{reason}; the run stopped after step {step}: {where}")
+
+
+def actor_death(e: Exception) -> str:
+    """Which actor died (its name and pid) and what Ray says of why, in one line."""
+    text = str(e)
+    name = re.search(r"^\s*name: (\S+)", text, re.M)
+    pid = re.search(r"^\s*pid: (\d+)", text, re.M)
+    why = re.search(r"Worker exit detail: ([^.]*)", text)
+    return (f"the {name.group(1) if name else 'an'} actor" + (f" (pid {pid.group(1)})" if pid else "")
+            + " died" + (f": {why.group(1)}" if why else ""))
+
+
 def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,
                 start_fn: Callable[[Any, Prepared, str], ActorGroups] = start_actors) -> dict[str, Any]:
     """The whole run; `prepare_fn` / `start_fn` replace the data preparation and the actor start-up
@@ -179,24 +230,32 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
 
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
+    ckpt_dir = check_start(cfg)
     prep = prepare_fn(cfg)
-    ckpt_dir = str((run_dir / "checkpoint").resolve())
-    if cfg.resume and find_checkpoint(ckpt_dir) is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-    init_ray(cfg.address, cfg.dashboard, cfg.dashboard_host, overlapping=cfg.driver.off_policy)
+    reaper = init_ray(cfg.address, cfg.dashboard, cfg.dashboard_host, overlapping=cfg.driver.off_policy)
     device = resolve_device(cfg.device)
     actors = start_fn(cfg, prep, device)
     print_placement(actors.named())
+    prometheus = None
+    if cfg.prometheus:
+        prometheus = start_prometheus(ray_targets(), run_dir, cfg.prometheus_port)
+        if reaper is not None:
+            reaper.watch([prometheus.proc.pid])
+    # the run has started for real (data read, policy found, actors up): only now may the earlier results go
+    start_fresh(run_dir, cfg.resume)
     (run_dir / "config.json").write_text(json.dumps({"algo": cfg.algo, **config_to_dict(cfg)}, indent=2))
-    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()
     logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
                            ray_metrics=True)
     sampler = make_sampler(cfg, prep.train_prompts, actors.learner)
     served = start_live_view(cfg, prep) if cfg.serve else None
+    watcher = CollapseWatcher()
 
     def on_step(step: int, stats: dict) -> None:
         logger.log(step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
+        for message in watcher.update(step, stats):
+            logger.warn(message)
+        if cfg.plot_every and step % cfg.plot_every == 0:
+            plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
         if served is not None and driver.version % cfg.serve_every == 0:
             served.load_weights(driver.weights_ref, driver.version, wait=False)
 
@@ -236,17 +295,27 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
         if served is not None:   # the final policy, acknowledged by every replica before the run ends
             served.load_weights(driver.weights_ref, driver.version, wait=True)
             print(f"[serve] policy version {driver.version} loaded by {served.running_replicas()} replica(s)")
+        memory = actors_peak_memory(actors)
+    except ray.exceptions.RayActorError as e:
+        raise stopped(actor_death(e), ckpt_dir, driver.step_count) from e
+    except KeyboardInterrupt as e:
+        err = stopped(f"interrupted ({e or 'Ctrl-C'})", ckpt_dir, driver.step_count)
+        err.exit_code = 130
+        raise err from e
     finally:
         if served is not None:
             served.shutdown()
         logger.close()
         ray.shutdown()
+        if prometheus is not None:
+            prometheus.stop()
     policy = load_model(prep.init_dir, **cfg.pth.kwargs())
     policy.load_state_dict(state)
     final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
     MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
     plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
     summary = summarize_run(cfg, before, after, history, first_step, rl_s, time.perf_counter() - t_start)
+    summary["peak_memory_mb"] = memory
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)
     return summary
@@ -256,6 +325,6 @@ def cli_main(config_cls: type[MathRLConfig], argv: list[str] | None = None) -> d
     """What experiments/<algo>_math.py main() does."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = parse_config(config_cls, argv)
-    # Ctrl-C: raise KeyboardInterrupt in the driver so `finally` shuts Ray down cleanly
+    # Ctrl-C (and SIGTERM, see init_ray): KeyboardInterrupt in the driver, so `finally` shuts Ray down
     signal.signal(signal.SIGINT, signal.default_int_handler)
     return run_or_exit(lambda: run_math_rl(cfg))

@@ -26,6 +26,17 @@ def summarize_run(cfg: Any, before: dict, after: dict, history: list[dict], firs
     }
 
 
+def actors_peak_memory(actors: Any) -> dict[str, float]:
+    """Peak resident memory (MiB) of the driver and of every actor, by name (each asked where it runs)."""
+    import ray
+
+    from runtime.memory import peak_rss_mb
+
+    named = actors.named()
+    peaks = ray.get([a.__ray_call__.remote(lambda self: peak_rss_mb()) for _, a in named], timeout=60)
+    return {"driver": peak_rss_mb(), **{name: p for (name, _), p in zip(named, peaks)}}
+
+
 def print_summary(s: dict[str, Any]) -> None:
     algo = s["algo"] if s["loss"] == s["algo"] else f"{s['algo']} with the {s['loss']} loss"
     rows = [("algorithm", algo), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})")]
@@ -39,5 +50,6 @@ def print_summary(s: dict[str, Any]) -> None:
              ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
              ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),
              ("total wall time (s)", s["wall_seconds"]), ("outputs", s["run_dir"])]
+    rows += [(f"peak memory, {name} (MiB)", mb) for name, mb in (s.get("peak_memory_mb") or {}).items()]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows) + "\n")

@@ -174,7 +174,7 @@ def test_killed_rollout_worker_is_restarted_and_the_run_completes(actors):
 
 
 # ----------------------------------------------------------------------------- end to end
-def _grpo_math(run_dir: Path, address: str, *extra: str) -> subprocess.CompletedProcess:
+def _grpo_math(run_dir: Path, address: str, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
     """The script in its own process (it shuts Ray down at the end), joining the session's Ray as it
     would join a cluster: starting a fresh local Ray per run costs several seconds on 2 cores."""
     args = [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}", f"--address={address}",
@@ -184,7 +184,8 @@ def _grpo_math(run_dir: Path, address: str, *extra: str) -> subprocess.Completed
             "--driver.prompts-per-step=2", "--driver.checkpoint-every=1", *extra]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    if ok:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
 
 
@@ -214,6 +215,16 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     summary = json.loads((full / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["algo"] == "grpo"
     assert json.loads((full / "checkpoint" / "extra.json").read_text())["step"] == 3
+    assert set(summary["peak_memory_mb"]) == {"driver", "learner", "rollout-0", "rollout-1", "reward-0"}
+
+    # the same command again is refused (nothing overwritten); --overwrite with a missing dataset never
+    # starts, so the folder stays as it was, the bootstrap cache included
+    files = {p: p.read_bytes() for p in full.rglob("*") if p.is_file()}
+    again = _grpo_math(full, address, "--driver.steps=3", *same, ok=False)
+    assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr, again.stderr
+    gone = _grpo_math(full, address, "--overwrite", f"--dataset={tmp_path / 'nope.jsonl'}", ok=False)
+    assert gone.returncode == 2 and "nope.jsonl" in gone.stderr, gone.stderr
+    assert {p: p.read_bytes() for p in full.rglob("*") if p.is_file()} == files
 
     same.append(f"--init={full / 'bootstrap' / 'sft' / 'final'}")
     part = tmp_path / "part"

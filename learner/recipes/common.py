@@ -38,6 +38,8 @@ from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 from ..cli import config_to_dict, parse_config
 from ..errors import run_or_exit
 from ..learner import Learner
+from ..inputs import check_checkpoint_path, check_data_path, check_device
+from ..run_folder import check_run_folder, start_fresh
 from ..supervised import train_loop
 from .config import RecipeConfig
 
@@ -116,12 +118,16 @@ def _tokenizer(cfg: RecipeConfig, run_dir: Path) -> MiniMindTokenizer:
 
 def prepare(cfg: RecipeConfig) -> Run:
     run_dir = Path(cfg.run_dir)
+    check_run_folder(run_dir, cfg.resume, cfg.overwrite)   # before anything is read or written
+    if cfg.data is not None:
+        check_data_path(cfg.data, "--data")
+    for flag in ("init", "teacher"):
+        if getattr(cfg, flag, None) is not None:
+            check_checkpoint_path(getattr(cfg, flag), f"--{flag}")
+    check_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    (run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
-    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()   # a fresh run starts a fresh curve
     corpus = builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed) if cfg.data is None else {}
     tok = _tokenizer(cfg, run_dir)
     log.info("run_dir=%s device=%s vocab=%d", run_dir, device, tok.vocab_size)
@@ -159,6 +165,9 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
         plot_keys: Sequence[str] = ("loss", "lr", "grad_norm")) -> tuple[Learner, dict[str, float]]:
     """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked)."""
     cfg = run.cfg
+    # the run starts for real here (data read, model built): only now may the earlier results go
+    start_fresh(run.run_dir, cfg.resume)
+    (run.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
     learner = Learner(model, stage, cfg.optim.for_run(cfg.steps), ref_model=ref_model, device=run.device)
     batches = BatchIterator(dataset, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()

@@ -46,6 +46,9 @@ class RecipeConfig:
     """Save run_dir/checkpoint every this many updates (and at the end)."""
     resume: bool = False
     """Continue from run_dir/checkpoint exactly where it stopped."""
+    overwrite: bool = False
+    """Replace the earlier run in run_dir (its checkpoint, metrics, final model); without this or
+    --resume a run_dir holding one is refused."""
     seed: int = 0
     """Seed for model init, data order, dropout and the synthetic data."""
     device: str = "auto"

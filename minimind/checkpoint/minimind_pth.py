@@ -150,6 +150,17 @@ def infer_config_from_state_dict(sd: dict[str, torch.Tensor], num_attention_head
         raise CheckpointError(f"inferred config is invalid: {e}") from e
 
 
+def _refusal(path: Path, e: Exception) -> str:
+    """One line for a .pth torch.load(weights_only=True) refused: pickled code, or a damaged file."""
+    text = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"{path}: refused: the file holds pickled Python objects ({found.group(1)}), which could run "
+                f"code when loaded; only plain tensor state dicts (or safetensors) are loaded")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return f"{path}: not a readable state dict (truncated or corrupt? torch.load says: {first})"
+
+
 def read_pth_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a `.pth` (weights_only), prefixes stripped, derived rope buffers dropped."""
     path = Path(path)
@@ -158,8 +169,7 @@ def read_pth_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (unsafe global), EOFError / RuntimeError (truncated)
-        raise CheckpointError(f"{path}: cannot load as a weights-only state dict "
-                              f"(torch.load weights_only=True refused or failed): {e}") from e
+        raise CheckpointError(_refusal(path, e)) from e
     if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
         sd = sd["model"]  # {'model': state_dict, 'optimizer': ...} resume files
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

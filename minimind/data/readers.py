@@ -287,6 +287,12 @@ def read_records(
         print(report.summary() + (f" -> every one in {report_path}" if report_path else ""), file=sys.stderr)
         if report_path is not None:
             report.write(report_path)
+    if not records:
+        # nothing to train on: say why here, not as "dataset of 0 items" further down
+        if not report.n_bad:
+            raise DataError(f"{path}: the data file holds no records (it is empty)")
+        where = f"; every one is listed in {report_path}" if report_path is not None else ""
+        raise DataError(f"{path}: every record is bad ({report.n_bad} skipped, first: {report.issues[0]}){where}")
     return ReadResult(records, report)
 
 

@@ -1,0 +1,50 @@
+"""A run folder's results are never lost by accident.
+
+A run folder that holds results of an earlier run (a checkpoint, metrics, the final model, a summary)
+is refused unless the user says what to do with them: `--resume` continues that run, `--overwrite`
+replaces it. Nothing in the folder changes until the new run has started for real (data read, model
+built, actors up): `start_fresh` is called at that point, so a run that fails at start-up leaves the
+folder as it was. Caches (the built-in data, a trained tokenizer, the RL bootstrap) are not results
+and are kept."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+RESULTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "metrics.jsonl", "final", "summary.json")
+"""What makes a folder hold an earlier run (checkpoint.tmp/.old: what an interrupted save leaves)."""
+DERIVED = ("curves.png", "curves.png.tmp")
+"""Removed with the results on --overwrite (drawn from them), but not a reason to refuse."""
+
+
+class RunFolderInUse(ValueError):
+    """The run folder holds an earlier run and neither --resume nor --overwrite was given."""
+
+
+def previous_results(run_dir: str | Path) -> list[str]:
+    run_dir = Path(run_dir)
+    return [name for name in RESULTS if (run_dir / name).exists()]
+
+
+def check_run_folder(run_dir: str | Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds an earlier run, before anything is read or written."""
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --run-dir, --overwrite replaces it: pass only one")
+    found = previous_results(run_dir)
+    if found and not (resume or overwrite):
+        raise RunFolderInUse(f"--run-dir {run_dir} holds an earlier run ({', '.join(found)}): pass --resume to "
+                             f"continue it, --overwrite to replace it, or choose another --run-dir")
+
+
+def start_fresh(run_dir: str | Path, resume: bool) -> None:
+    """Called once the run has really started: a new run (not --resume) removes the earlier results
+    (check_run_folder has made sure the user asked for that)."""
+    if resume:
+        return
+    run_dir = Path(run_dir)
+    for name in RESULTS + DERIVED:
+        p = run_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()

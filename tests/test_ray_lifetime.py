@@ -1,0 +1,198 @@
+"""A math RL run's Ray, seen from outside while experiments/grpo_math.py runs:
+
+* its own local Ray listens on 127.0.0.1 only (every listening socket of the run's process tree,
+  sampled with psutil while it trains), --prometheus scrapes its ray_minimind_* gauges (Prometheus's
+  query API answers with them), and after SIGKILL of the driver no process of the run is left and its
+  Ray session files are gone;
+* joined to a Ray (--address), SIGTERM ends it like Ctrl-C (one line, where --resume continues, no
+  stack dump), and a killed learner actor is named with the step --resume continues from.
+
+The runs are long (--driver.steps=100000) and end when the test ends them; the loops poll until the event
+they wait for, with a deadline only as a failure bound."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from minimind.checkpoint import save_model
+from minimind.config import preset
+from minimind.data import synthetic_math as sm
+from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+DEADLINE_S = 90
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    """A tiny starting policy with its tokenizer (no bootstrap)."""
+    d = tmp_path_factory.mktemp("policy")
+    tok = train_tokenizer(sm.pretrain_texts(sm.generate_problems(200, seed=0, split="train"), facts=False),
+                          vocab_size=320)
+    torch.manual_seed(0)
+    save_model(MiniMindForCausalLM(preset("tiny", vocab_size=tok.vocab_size)), d)
+    tok.save(d)
+    return d
+
+
+def _start(run_dir: Path, policy: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}", f"--init={policy}",
+            "--n-prompts=16", "--eval-size=0", "--no-progress", "--threads=1", "--rollout.sampling.n=2",
+            "--rollout.sampling.max-new-tokens=8", "--driver.prompts-per-step=2", "--driver.steps=100000",
+            "--driver.checkpoint-every=1", "--plot-every=0", *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MINIMIND_DEBUG")}
+    env["RAY_metrics_report_interval_ms"] = "1000"   # gauges reach the endpoint in 1 s instead of 10
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(args, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _steps_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if '"reward_mean"' in line)
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
+    end = time.monotonic() + DEADLINE_S
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"no {what} within {DEADLINE_S}s")
+        time.sleep(0.2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _query(port: int, expr: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())["data"]["result"]
+    except OSError:
+        return []
+
+
+def _ray_temp_dirs() -> set[str]:
+    return {str(p) for p in Path(tempfile.gettempdir()).glob("minimind-ray-*")}
+
+
+def test_local_run_listens_on_loopback_only_feeds_prometheus_and_dies_with_its_driver(policy, tmp_path):
+    have_prometheus = shutil.which("prometheus") is not None
+    if not have_prometheus:
+        print("\n*** SKIPPING the --prometheus part: no `prometheus` binary (apt-get install prometheus) ***\n",
+              file=sys.stderr)
+    port = _free_port()
+    temp_before = _ray_temp_dirs()
+    run = tmp_path / "run"
+    proc = _start(run, policy, "--no-dashboard", *([f"--prometheus", f"--prometheus-port={port}"]
+                                                   if have_prometheus else []))
+    driver = psutil.Process(proc.pid)
+    seen: dict[int, psutil.Process] = {}
+    names: dict[int, str] = {}
+    listening: set[tuple[str, int, str]] = set()
+    gauge: list = []
+
+    def sample() -> bool:
+        try:
+            tree = [driver, *driver.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return False
+        for p in tree:
+            try:
+                names[p.pid] = p.name()   # again each time: a Ray worker renames itself ray::<Actor>
+                seen.setdefault(p.pid, p)
+            except psutil.NoSuchProcess:
+                continue
+        for c in psutil.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN and c.pid in seen:
+                listening.add((c.laddr.ip, c.laddr.port, names[c.pid]))
+        if have_prometheus and not gauge:
+            gauge.extend(_query(port, 'ray_minimind_reward_mean{run="run"}'))
+        return _steps_done(run) >= 2 and (gauge or not have_prometheus)
+
+    _wait_for(proc, sample, "two steps" + (" and a ray_minimind_* gauge in Prometheus" if have_prometheus else ""))
+    names = {name for _, _, name in listening}
+    assert {"raylet", "gcs_server"} <= names and any(n.startswith("ray::") for n in names), listening
+    assert {ip for ip, _, _ in listening} <= LOOPBACK, sorted(listening)
+    if have_prometheus:
+        assert float(gauge[0]["value"][1]) >= 0.0
+
+    session = _ray_temp_dirs() - temp_before
+    assert session, "the run's Ray did not use a temp folder of its own"
+    proc.kill()                                   # SIGKILL: no handler, no finally
+    proc.communicate()
+    end = time.monotonic() + 60
+    alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    while (alive or any(Path(d).exists() for d in session)) and time.monotonic() < end:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, [(p.pid, names[p.pid]) for p in alive]
+    assert not any(Path(d).exists() for d in session), session
+
+
+def _pids(name: str) -> set[int]:
+    out = set()
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith(name):
+            out.add(p.pid)
+    return out
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err and "*** SIG" not in err and "Stack trace" not in err, err[-4000:]
+    lines = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert len(lines) == 1, err[-4000:]
+    return lines[0]
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(ray_local, policy, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(run, policy, f"--address={ray_local.get_runtime_context().gcs_address}", "--no-dashboard")
+    _wait_for(proc, lambda: _steps_done(run) >= 1 and (run / "checkpoint" / "extra.json").is_file(), "a checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-4000:]
+    line = _one_error_line(err)
+    step = json.loads((run / "checkpoint" / "extra.json").read_text())["step"]
+    assert "interrupted" in line and f"--resume continues from the checkpoint at step {step}" in line, line
+
+
+def test_a_killed_learner_is_named_with_the_step_resume_continues_from(ray_local, policy, tmp_path):
+    before = _pids("ray::LearnerWorker")
+    run = tmp_path / "run"
+    proc = _start(run, policy, f"--address={ray_local.get_runtime_context().gcs_address}", "--no-dashboard")
+    _wait_for(proc, lambda: _steps_done(run) >= 1 and bool(_pids("ray::LearnerWorker") - before), "a step")
+    (learner,) = _pids("ray::LearnerWorker") - before
+    os.kill(learner, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-4000:]
+    line = _one_error_line(err)
+    step = json.loads((run / "checkpoint" / "extra.json").read_text())["step"]
+    assert f"the learner actor (pid {learner}) died" in line, line
+    assert f"--resume continues from the checkpoint at step {step}" in line, line
