@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
                checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
                on_step: Callable[[int, dict], None] | None = None,
-               plot_keys: tuple[str, ...] = ("loss", "lr", "grad_norm")) -> dict[str, float]:
+               plot_keys: tuple[str, ...] = ("loss", "lr", "grad_norm"), plot_every: int = 0) -> dict[str, float]:
     """Run `steps` optimizer steps over `batches` (a minimind.data.BatchIterator).
 
     Checkpoints go to `run_dir/checkpoint` (model, optimizer, schedule, RNG, data position). With
     `resume`, training continues from that checkpoint exactly where it stopped, mid-epoch or at an
     epoch boundary; a run stopped and resumed ends with the same weights as an uninterrupted one.
+    `run_dir/curves.png` is redrawn every `plot_every` steps (0: at the end only), so a person can
+    watch a run as it trains.
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint"
@@ -39,6 +41,8 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
         while learner.step < steps:
             stats = learner.train_step(batches.next_batch())
             logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
+            if plot_every and learner.step % plot_every == 0:
+                plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
             if on_step is not None:
                 on_step(learner.step, stats)
             if checkpoint_every and (learner.step % checkpoint_every == 0 or learner.step == steps):

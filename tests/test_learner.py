@@ -277,3 +277,17 @@ def test_lora_trains_only_adapters_and_merge_is_exact():
         merged = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert not any("lora_" in k for k in model.state_dict())
     torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_curves_are_redrawn_while_training(tmp_path):
+    """A person can watch a supervised run: curves.png exists (and is refreshed) before the run ends."""
+    learner = Learner(_lm(), LMStage(), OptimConfig(lr=1e-3, total_steps=6))
+    batches = BatchIterator(_dataset(), batch_size=3, seed=0)
+    seen: dict[int, int] = {}
+
+    def look(step, stats):
+        png = tmp_path / "curves.png"
+        seen[step] = png.stat().st_mtime_ns if png.exists() else 0
+
+    train_loop(learner, batches, 6, tmp_path, progress=False, on_step=look, plot_every=2)
+    assert seen[1] == 0 and seen[2] > 0 and seen[4] > seen[2]   # drawn at steps 2 and 4, before the end

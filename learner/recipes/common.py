@@ -172,7 +172,8 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
     batches = BatchIterator(dataset, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
     stats = train_loop(learner, batches, cfg.steps, run.run_dir, checkpoint_every=cfg.checkpoint_every or cfg.steps,
-                       resume=cfg.resume, progress=cfg.progress, plot_keys=tuple(plot_keys))
+                       resume=cfg.resume, progress=cfg.progress, plot_keys=tuple(plot_keys),
+                       plot_every=cfg.plot_every)
     log.info("%s: %d steps in %.1fs, last loss %.4f", stage.name, learner.step, time.perf_counter() - t0,
              stats.get("loss", float("nan")))
     return learner, stats

@@ -55,11 +55,15 @@ class RecipeConfig:
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
     progress: bool = True
     """Show a progress bar."""
+    plot_every: int = 100
+    """Redraw run_dir/curves.png every this many updates (0: only at the end)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "n_train"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.plot_every < 0:
+            raise ValueError(f"--plot-every={self.plot_every} must be >= 0")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
 
