@@ -24,7 +24,7 @@ import torch
 from learner.cli import config_to_dict, parse_config
 from learner.errors import RunStopped, run_or_exit
 from learner.inputs import check_checkpoint_path, check_data_path, check_device
-from learner.learner import Learner, find_checkpoint
+from learner.learner import COMPLETE_MARK, Learner, find_checkpoint
 from learner.run_folder import check_run_folder, start_fresh
 from learner.metrics import MetricsLogger, plot_metrics
 from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
@@ -201,7 +201,7 @@ def check_start(cfg: MathRLConfig) -> str:
 
 def checkpoint_step(ckpt_dir: str) -> int | None:
     found = find_checkpoint(ckpt_dir)
-    return json.loads((found / "extra.json").read_text()).get("step") if found else None
+    return json.loads((found / COMPLETE_MARK).read_text()).get("step") if found else None
 
 
 def stopped(reason: str, ckpt_dir: str, step: int) -> RunStopped:
