@@ -170,7 +170,7 @@ class Ours:
             .remote(cfg.rollout, model_cfg, str(tok_dir), device="cpu", worker_index=0, threads=threads)
         self.reward = RewardActor.options(name="bench-reward-0", **res["reward"], **restart).remote(cfg.reward)
         ray.get([self.learner.version.remote(), self.rollout.ping.remote(), self.reward.ping.remote()], timeout=300)
-        groups = ActorGroups(LearnerGroup(self.learner), RolloutGroup([self.rollout]), RewardGroup([self.reward]))
+        groups = ActorGroups(LearnerGroup([self.learner]), RolloutGroup([self.rollout]), RewardGroup([self.reward]))
         self.driver = RLDriver(cfg.driver, groups, prompts, [], ShuffleSampler(len(prompts), args.seed), args.seed)
         self.rows = args.prompts * args.group
         self.steps: list[dict] = []

@@ -1,8 +1,10 @@
 """The Learner as a Ray actor: same object, remote methods. Batches arrive as object refs
 (Ray resolves top-level ref arguments on the actor), and `weights()` returns a state dict that
-stays in the object store until a rollout worker asks for it."""
+stays in the object store until a rollout worker asks for it. In a learner group (rl.actors) each
+actor is one data-parallel rank: it joins the group's process group, then builds its Learner."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import ray
@@ -11,11 +13,15 @@ import torch
 from rl.batch import RolloutBatch
 from runtime import tune_malloc
 
+from .distributed import free_port, init_comm
+
 
 def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
     """Phase timings and reward summaries carried by the batches (workers run in parallel, so
-    phase time is the slowest worker's)."""
-    rows = sum(len(b) for b in batches)
+    phase time is the slowest worker's). A learner rank's share of a batch carries the whole batch's
+    (`meta["batch_rows"]` rows)."""
+    size = lambda b: b.meta.get("batch_rows", len(b))  # noqa: E731
+    rows = sum(size(b) for b in batches) or 1
     new_tokens = sum(b.meta.get("new_tokens", 0) for b in batches)
     gen_s = max(b.meta.get("generate_seconds", 0.0) for b in batches)
     out = {"generate_seconds": gen_s, "new_tokens": float(new_tokens),
@@ -23,30 +29,49 @@ def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
            "weight_sync_seconds": max(b.meta.get("weight_sync_seconds", 0.0) for b in batches),
            "reward_seconds": max(float(b.reward_info.get("seconds", 0.0)) for b in batches)}
     for key in ("accuracy", "errors/total"):
-        vals = [(float(b.reward_info[key]), len(b)) for b in batches if key in b.reward_info]
+        vals = [(float(b.reward_info[key]), size(b)) for b in batches if key in b.reward_info]
         if vals:
             out[key] = sum(v * n for v, n in vals) / rows
-    if all(b.multiturn for b in batches):   # tool-use episodes: turns and calls per episode
-        for key in ("turns", "tool_calls", "tool_errors"):
-            out[key] = float(sum(getattr(b, key).sum() for b in batches)) / rows
     return out
 
 
 class LearnerWorker:
     """Builds its Learner on the actor from a factory (so the model is created where it trains)."""
 
-    def __init__(self, factory: Callable[[], Any], threads: int = 0):
+    def __init__(self, factory: Callable[[], Any], threads: int = 0, rank: int = 0, world_size: int = 1):
         tune_malloc()  # reuse freed [B, R, V] buffers instead of mmap/munmap per step
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
-        self.learner = factory()
+        self.factory, self.rank, self.world_size = factory, rank, world_size
+        self.learner = factory() if world_size == 1 else None   # a rank builds it once the group has joined
         self.published = -1   # version serial of the last weights() handed to rollouts
         self.dirty = False    # trained since that publication
+        self.calls = 0        # train_step calls: with the batch index and row, each row's place in the step
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0: the address and a free port the group's process group meets at."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def join(self, address: str, port: int, device: str, timeout_s: float) -> dict[str, Any]:
+        """Join the group's process group (every rank at once), then build the Learner on this rank.
+        Returns where this rank runs."""
+        comm = init_comm(self.rank, self.world_size, address, port, device, timeout_s)
+        if self.learner is None:
+            self.learner = self.factory()
+        self.learner.comm = comm
+        where = {"rank": self.rank, "pid": os.getpid()}
+        if ray.is_initialized():
+            where.update(ip=ray.util.get_node_ip_address(), node_id=ray.get_runtime_context().get_node_id())
+        return where
 
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
         # Sampled with weights other than the current ones (off-policy, or after a refill): the
         # rollout's own logprobs are the behaviour policy, so they become the PPO "old".
         stale = self.dirty or any(b.policy_version != self.published for b in batches)
+        self.calls += 1
+        for i, b in enumerate(batches):   # (call, batch, row): one learner's row order, on every rank
+            local = b.row_id if b.row_id is not None else torch.arange(len(b))
+            b.row_id = (self.calls << 40) + (i << 24) + local
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
         batch.stale = stale
         stats = self.learner.train_step(batch)
@@ -56,11 +81,12 @@ class LearnerWorker:
         stats["version"] = self.learner.version
         return stats
 
-    def weights(self, version: int | None = None) -> dict:
-        """Current policy state dict, published as `version` (the driver's serial)."""
+    def weights(self, version: int | None = None) -> dict | None:
+        """Current policy state dict, published as `version` (the driver's serial). Every rank of a
+        group notes the publication; rank 0 returns the weights (the others None)."""
         if version is not None:
             self.published, self.dirty = version, False
-        return self.learner.weights()
+        return self.learner.weights() if self.rank == 0 else None
 
     def version(self) -> int:
         return self.learner.version

@@ -24,6 +24,8 @@ class Experience:
     adv: torch.Tensor | None = None        # [B] sequence or [B, R] token advantages
     returns: torch.Tensor | None = None    # [B, R] PPO value targets
     old_values: torch.Tensor | None = None # [B, R] PPO critic values at sampling
+    row_id: torch.Tensor | None = None     # [B] int64 place of each row in the step's whole batch (over
+                                           #   every learner rank): orders the minibatch shuffle
 
     def __len__(self) -> int:
         return self.seq.shape[0]
@@ -39,7 +41,7 @@ class Experience:
 
     def select(self, idx: torch.Tensor) -> "Experience":
         """Rows `idx` of every per-row tensor."""
-        rows = {f.name: getattr(self, f.name).index_select(0, idx) for f in fields(self)
+        rows = {f.name: getattr(self, f.name).index_select(0, idx.to(getattr(self, f.name).device)) for f in fields(self)
                 if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **rows)
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import OptimConfig
+from .distributed import Comm
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ class Stage(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-MAX_STATS = frozenset({"logprob_gap", "mismatch_abs_max"})
-"""Stats reduced by max over a step (a bound), not by token-weighted mean."""
+MAX_STATS = frozenset({"logprob_gap", "mismatch_abs_max", "reference_seconds"})
+"""Stats reduced by max over a step (a bound; the slowest rank's time), not by a weighted mean."""
+
+SUM_STATS = frozenset({"rows"})
+"""Batch stats that add up over learner ranks (the others are row-weighted means)."""
 
 
 def micro_tokens(micro: Any) -> float:
@@ -84,10 +88,36 @@ class StatReducer:
                 self.sums[k] = self.sums.get(k, 0.0) + tokens * float(v)
                 self.weights[k] = self.weights.get(k, 0.0) + tokens
 
+    def merge(self, other: "StatReducer") -> None:
+        for k, v in other.sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+            self.weights[k] = self.weights.get(k, 0.0) + other.weights[k]
+        for k, v in other.maxes.items():
+            self.maxes[k] = max(self.maxes.get(k, -math.inf), v)
+
     def result(self) -> dict[str, float]:
         out = {k: v / self.weights[k] if self.weights[k] > 0 else 0.0 for k, v in self.sums.items()}
         out.update(self.maxes)
         return out
+
+
+def merge_batch_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Every rank's plan stats as one learner's: counts summed, bounds maxed, the rest weighted by
+    each rank's rows (a rank's `rows`; 1 each where a stage reports none)."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, float] = {}
+    keys = {k for p in parts for k in p}
+    for k in keys:
+        vals = [(p[k], p.get("rows", 1.0)) for p in parts if k in p]
+        if k in SUM_STATS:
+            out[k] = sum(v for v, _ in vals)
+        elif k in MAX_STATS:
+            out[k] = max(v for v, _ in vals)
+        else:
+            w = sum(n for _, n in vals)
+            out[k] = sum(v * n for v, n in vals) / w if w > 0 else sum(v for v, _ in vals) / len(vals)
+    return out
 
 
 def split_rows(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
@@ -153,8 +183,9 @@ def find_checkpoint(path: str | Path) -> Path | None:
 class Learner:
     def __init__(self, model: nn.Module, stage: Stage, optim: OptimConfig | None = None,
                  ref_model: nn.Module | None = None, critic: nn.Module | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", comm: Comm | None = None):
         self.device = torch.device(device)
+        self.comm = comm or Comm(device=self.device)   # data-parallel rank (a world of one by default)
         self.model = model.to(self.device)
         self.ref_model = ref_model.to(self.device).eval().requires_grad_(False) if ref_model is not None else None
         self.critic = critic.to(self.device) if critic is not None else None
@@ -211,14 +242,30 @@ class Learner:
             losses.append(loss)
             norms.append(grad_norm)
             skipped += not ok
-        out = reducer.result()
-        out.update(plan.stats)
+        out = self._global_stats(reducer, plan.stats, t0)
         if losses:
             out.update(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms))
         if skipped:
             out["skipped"] = float(skipped)
         out.update(need_more=float(plan.need_more), updates=len(losses) - skipped,
                    lr=self.optimizer.param_groups[0]["lr"], learn_seconds=time.perf_counter() - t0, step=self.step)
+        return out
+
+    def _global_stats(self, reducer: StatReducer, plan_stats: dict[str, float], t0: float) -> dict[str, float]:
+        """The step's stats over every rank (a world of one: this rank's), with each rank's step time
+        and time in collectives when there are several."""
+        if not self.comm.distributed:
+            return {**reducer.result(), **plan_stats}
+        mine = (reducer, plan_stats, time.perf_counter() - t0, self.comm.take_seconds())
+        parts = self.comm.gather(mine)
+        total = StatReducer()
+        for r, *_ in parts:
+            total.merge(r)
+        out = {**total.result(), **merge_batch_stats([p for _, p, _, _ in parts])}
+        for rank, (_, _, seconds, comm_s) in enumerate(parts):
+            out[f"learn_seconds_rank{rank}"] = seconds
+            out[f"allreduce_seconds_rank{rank}"] = comm_s
+        out["allreduce_seconds"] = max(c for *_, c in parts)
         return out
 
     def _update(self, micro_batches: list[Any], reducer: StatReducer) -> tuple[float, float, bool]:
@@ -234,6 +281,9 @@ class Learner:
             loss_total += float(loss.detach())
             reducer.add(stats, micro_tokens(micro))
         params = self.params()
+        if self.comm.distributed:   # each rank's loss is its share of the whole batch's: sum both
+            self.comm.reduce_grads(params)
+            (loss_total,) = self.comm.sum_floats(loss_total)
         clip = self.optim_cfg.grad_clip if self.optim_cfg.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         if not (math.isfinite(loss_total) and math.isfinite(grad_norm)):
@@ -270,8 +320,12 @@ class Learner:
         """model(s) as safetensors + optimizer/step/RNG/stage/extra as a weights-only torch file.
         Atomic: written beside (`<path>.tmp`, every file fsync'd, `extra.json` last marks it
         complete), then renamed into place; a crash at any point leaves a complete checkpoint that
-        `find_checkpoint` finds."""
+        `find_checkpoint` finds. Rank 0 of a learner group writes it (every rank holds the same model,
+        optimizer and stage state); the others only note where it is."""
         path = Path(path)
+        if self.comm.rank != 0:
+            self.last_good_ckpt = path
+            return path
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

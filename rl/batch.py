@@ -41,6 +41,10 @@ class RolloutBatch:
     turns: torch.Tensor | None = None          # [B] int64, assistant turns of the episode
     tool_calls: torch.Tensor | None = None     # [B] int64, tool calls made (well-formed or not)
     tool_errors: torch.Tensor | None = None    # [B] int64, calls that failed (malformed, tool error, timeout)
+    # learner ranks: where each row sits in the step's whole batch. `shard` sets the row's place in the
+    # batch it was cut from; the learner adds which batch of the step that was (row ids then sort into
+    # one learner's row order, whatever rank holds the row)
+    row_id: torch.Tensor | None = None         # [B] int64
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -76,8 +80,23 @@ class RolloutBatch:
             prompt_keys=pick(self.prompt_keys), answers=pick(self.answers),
             response_text=pick(self.response_text),
             rewards=None if self.rewards is None else self.rewards[idx_t],
-            **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in EPISODE_FIELDS},
+            **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in EPISODE_FIELDS + ("row_id",)},
         )
+
+    def shard(self, n: int) -> list["RolloutBatch"]:
+        """`n` parts of whole groups (one per learner rank; group counts differ by at most one, a part
+        may be empty), each row's place in this batch in `row_id`. Batch-level `meta`/`reward_info`
+        go with every part, `meta["batch_rows"]` saying how many rows they describe."""
+        uids = list(dict.fromkeys(self.group_uid.tolist()))   # groups in order of first row
+        parts = []
+        for r in range(n):
+            mine = set(uids[r * len(uids) // n:(r + 1) * len(uids) // n])
+            idx = [i for i, u in enumerate(self.group_uid.tolist()) if u in mine]
+            part = self.select(idx)
+            part.row_id = torch.tensor(idx, dtype=torch.long)
+            part.meta = {**self.meta, "batch_rows": len(self)}
+            parts.append(part)
+        return parts
 
     @staticmethod
     def concat(batches: list["RolloutBatch"], pad_id: int = 0) -> "RolloutBatch":
@@ -103,6 +122,9 @@ class RolloutBatch:
         if kinds == {True}:
             episode = {f: torch.cat([getattr(b, f) for b in batches]) for f in EPISODE_FIELDS[1:]}
             episode["response_attn"] = cat("response_attn", rpad, R, 0)
+        row_id = None
+        if all(b.row_id is not None for b in batches):
+            row_id = torch.cat([b.row_id for b in batches])
         temps = {b.temperature for b in batches}
         if len(temps) > 1:
             raise ValueError(f"RolloutBatch.concat: rows sampled at different temperatures {sorted(temps)}")
@@ -120,6 +142,7 @@ class RolloutBatch:
             rewards=rewards,
             reward_info=_merge_info([b.reward_info for b in batches], [len(b) for b in batches]),
             meta=_merge_info([b.meta for b in batches], [len(b) for b in batches]),
+            row_id=row_id,
             **episode,
         )
 

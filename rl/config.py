@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Literal
 
 from learner.config import OptimConfig
+from learner.distributed import LearnerGroupConfig
 from learner.losses import (CISPOLoss, ClipConfig, DAPOLoss, DrGRPOLoss, GRPOLoss, GSPOLoss, KLConfig, PolicyLossName,
                             PPOLoss, SPOLoss, SPOTracker, dynamic_sampling)
 from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter
@@ -124,6 +125,7 @@ class MathRLConfig:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=8, max_new_tokens=40)))
     reward: RewardConfig = field(default_factory=RewardConfig)
     driver: DriverConfig = field(default_factory=DriverConfig)
+    learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
     # one update per rollout batch: on the demo model 4 minibatches of 64 samples made Adam steps of
     # mostly noise and lost greedy held-out accuracy in every run
     update: RLUpdateConfig = field(default_factory=RLUpdateConfig)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import ray
 
-from rl.actors import ActorGroups
+from learner.learner import find_checkpoint
+from rl.actors import ActorGroups, LearnerFailed
 from rl.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ class DriverConfig:
 class RLDriver:
     def __init__(self, cfg: DriverConfig, actors: ActorGroups, prompts: list[dict], eval_prompts: list[dict],
                  sampler: Any, seed: int, on_step: Callable[[int, dict], None] | None = None,
-                 checkpoint_dir: str | None = None):
+                 checkpoint_dir: str | None = None, restarts: int = 0,
+                 on_restore: Callable[[int], None] | None = None):
         if not prompts:
             raise ValueError("RLDriver: no training prompts")
         self.cfg, self.actors, self.sampler, self.seed = cfg, actors, sampler, seed
@@ -78,6 +80,8 @@ class RLDriver:
         self.eval_prompts = [dict(p, uid=i) for i, p in enumerate(eval_prompts)]
         self.on_step = on_step
         self.checkpoint_dir = checkpoint_dir
+        self.restarts_left = restarts   # learner groups restarted from the last checkpoint when a rank dies
+        self.on_restore = on_restore    # told the step a restart went back to (its metrics after it are redone)
         self.uid_base = 0          # uids stay unique across steps (a prompt may recur)
         self.calls: dict[str, int] = {}   # rollout calls so far per stream (train, eval, ...): seeds derive from them
         self.version = 0           # serial of the weights ref the rollouts sample with
@@ -99,14 +103,22 @@ class RLDriver:
         """rollout -> reward for `prompts` with the current weights; returns scored-batch refs. Each
         stream (training rollouts, evaluations, ...) has its own call counter, so evaluating more or
         less often never shifts the seeds of the training rollouts."""
+        return self.actors.rewards.score(self._generate(prompts, sampling, stream))
+
+    def _generate(self, prompts: list[dict], sampling: dict | None, stream: str) -> list[ray.ObjectRef]:
         call = self.calls.get(stream, 0)
         self.calls[stream] = call + 1
-        gen = self.actors.rollouts.generate(prompts, self.weights_ref, self.version, (self.seed, stream, call), sampling)
-        return self.actors.rewards.score(gen)
+        return self.actors.rollouts.generate(prompts, self.weights_ref, self.version, (self.seed, stream, call), sampling)
+
+    def launch_training(self) -> list[list[ray.ObjectRef]]:
+        """The next training prompts through rollout -> reward, each scored batch cut into one part per
+        learner rank -> refs [batch][rank]."""
+        gen = self._generate(self.next_prompts(self.cfg.prompts_per_step), None, "train")
+        return self.actors.rewards.score_parts(gen, self.actors.learner.world_size)
 
     def _launch_step(self) -> None:
         self.resume_state = self._state()
-        self.pending = (self.launch(self.next_prompts(self.cfg.prompts_per_step)), self.version)
+        self.pending = (self.launch_training(), self.version)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, max_new_tokens: int | None = None, samples: int = 0, prompts: list[dict] | None = None,
@@ -149,11 +161,11 @@ class RLDriver:
         last = self.step_count + 1 >= cfg.steps
         if cfg.off_policy and not last:
             self._launch_step()   # sampled with the current (soon previous) version
-        stats = ray.get(self.actors.learner.train_step(scored))
+        stats = self.actors.learner.train_step(scored)
         refills = 0
         while stats.get("need_more"):  # zero-variance groups were dropped: refill the batch
             refills += 1
-            stats = ray.get(self.actors.learner.train_step(self.launch(self.next_prompts(cfg.prompts_per_step))))
+            stats = self.actors.learner.train_step(self.launch_training())
         self.version += 1
         self.weights_ref = self.actors.learner.weights(self.version)
         self.step_count += 1
@@ -171,10 +183,34 @@ class RLDriver:
         return stats
 
     def run(self) -> list[dict]:
-        history = []
+        """Steps to the end; a learner rank that dies costs the steps since the last checkpoint."""
+        history: list[dict] = []
+        first = self.step_count
         while self.step_count < self.cfg.steps:
-            history.append(self.step())
+            try:
+                history.append(self.step())
+            except LearnerFailed as e:
+                self.recover(e)
+                del history[self.step_count - first:]
         return history
+
+    def recover(self, error: LearnerFailed) -> None:
+        """A new learner group from the last checkpoint, the driver back at its step (prompt stream,
+        seeds, weights version); rollouts in flight are dropped. Without a checkpoint or restarts
+        left, `error` goes on up."""
+        found = find_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        if self.restarts_left <= 0 or found is None:
+            raise error
+        self.restarts_left -= 1
+        print(f"[learner] {error}; restarting the learner group from {found} ({self.restarts_left} restart(s) "
+              f"left)", flush=True)
+        self.actors.learner = self.actors.learner.restart()
+        self.pending = None
+        self.load_state_dict(self.actors.learner.load_checkpoint(self.checkpoint_dir))
+        print(f"[learner] restarted: {self.actors.learner.world_size} rank(s), continuing after step "
+              f"{self.step_count}", flush=True)
+        if self.on_restore is not None:
+            self.on_restore(self.step_count)
 
     # ------------------------------------------------------------------ resume
     def _state(self) -> dict:

@@ -93,16 +93,31 @@ def resolve_device(name: str) -> str:
     return "cpu"
 
 
-def placement(device: str, rollout_workers: int, reward_workers: int, reward_on_gpu: bool) -> dict[str, dict]:
-    """Resource requests per actor kind. One GPU: the learner (policy + reference + critic, and the
-    optimizer state) gets half, rollout workers share 0.4, reward actors share 0.1 (only a reward
-    model needs it). CPU: small shares so every actor schedules on a 2-core machine; the actors then
-    take turns on the cores (rollout, then learning) in on-policy mode."""
+def placement(device: str, rollout_workers: int, reward_workers: int, reward_on_gpu: bool,
+              learner_ranks: int = 1, gpus: float | None = None) -> dict[str, dict]:
+    """Resource requests per actor kind (the learner's: per rank). One GPU: the learner (policy +
+    reference + critic, and the optimizer state) gets half, rollout workers share 0.4, reward actors
+    share 0.1 (only a reward model needs it). Several learner ranks on a node with more GPUs than
+    ranks: one GPU per rank, the rollouts share what is left; with no GPU to spare the ranks take 0.5
+    each (beside the rollouts). CPU: small shares so every actor schedules on a 2-core machine; the
+    actors then take turns on the cores (rollout, then learning) in on-policy mode."""
     if device.startswith("cuda"):
+        reward = {"num_gpus": 0.1 / reward_workers if reward_on_gpu else 0, "num_cpus": 0.5}
+        if learner_ranks == 1:
+            return {"learner": {"num_gpus": 0.5, "num_cpus": 1},
+                    "rollout": {"num_gpus": 0.4 / rollout_workers, "num_cpus": 1}, "reward": reward}
+        if gpus is None:
+            import ray
+
+            gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+        spare = gpus - learner_ranks
+        if spare >= 0.5:
+            return {"learner": {"num_gpus": 1, "num_cpus": 1},
+                    "rollout": {"num_gpus": min(1.0, (spare - (0.1 if reward_on_gpu else 0)) / rollout_workers),
+                                "num_cpus": 1}, "reward": reward}
         return {"learner": {"num_gpus": 0.5, "num_cpus": 1},
-                "rollout": {"num_gpus": 0.4 / rollout_workers, "num_cpus": 1},
-                "reward": {"num_gpus": 0.1 / reward_workers if reward_on_gpu else 0, "num_cpus": 0.5}}
-    return {"learner": {"num_cpus": 0.5}, "rollout": {"num_cpus": 0.5 / rollout_workers},
+                "rollout": {"num_gpus": 0.4 / rollout_workers, "num_cpus": 1}, "reward": reward}
+    return {"learner": {"num_cpus": 0.5 / learner_ranks}, "rollout": {"num_cpus": 0.5 / rollout_workers},
             "reward": {"num_cpus": 0.25 / reward_workers}}
 
 

@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
 from minimind.tokenizer import MiniMindTokenizer, check_fits
 
-from .actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+from .actors import ActorGroups, LearnerFailed, LearnerGroup, RewardGroup, RolloutGroup, actor_death
 from .bootstrap import bootstrap_policy
 from .config import MathRLConfig
 from .driver import RLDriver, summarize_groups
@@ -123,17 +122,19 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: 
                  rollout_kwargs: dict | None = None) -> ActorGroups:
     """Learner, rollout workers (`rollout_actor` with `rollout_kwargs`: default RolloutActor) and
     reward actors, placed on the device."""
-    from learner.actor import LearnerActor
     from reward.actor import RewardActor
     from rollout.worker import RolloutActor
 
     rollout_actor = rollout_actor or RolloutActor
-    res = placement(device, cfg.rollout_workers, cfg.reward_workers, bool(cfg.reward.rm_path))
+    ranks = cfg.learner.world_size
+    res = placement(device, cfg.rollout_workers, cfg.reward_workers, bool(cfg.reward.rm_path), ranks)
     model_cfg = prep.model_config.to_dict()
     threads = cfg.threads or os.cpu_count() or 1
     custom = lambda r: {"resources": dict(r)} if r else {}  # noqa: E731  (pin to nodes by custom resource)
-    learner = LearnerActor.options(name="learner", **res["learner"], **custom(cfg.learner_resources)).remote(
-        lambda: make_learner(cfg, prep.init_dir, device), threads=threads)
+    # learner ranks split the cores evenly (they compute at the same time); the rollouts alternate with them
+    learner = LearnerGroup.start(lambda: make_learner(cfg, prep.init_dir, device), cfg.learner, device,
+                                 res["learner"], threads=cfg.threads or max(1, threads // ranks),
+                                 options=custom(cfg.learner_resources))
     restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
     rollouts = [rollout_actor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
                                       **restart).remote(
@@ -142,13 +143,20 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: 
         for i in range(cfg.rollout_workers)]
     rewards = [RewardActor.options(name=f"reward-{j}", **res["reward"], **restart).remote(cfg.reward)
                for j in range(cfg.reward_workers)]
-    return ActorGroups(LearnerGroup(learner), RolloutGroup(rollouts), RewardGroup(rewards))
+    return ActorGroups(learner, RolloutGroup(rollouts), RewardGroup(rewards))
 
 
-def make_sampler(cfg: MathRLConfig, prompts: list[dict], learner: LearnerGroup) -> Any:
+def save_rank_placement(run_dir: Path, learner: LearnerGroup) -> None:
+    """<run_dir>/learner_ranks.json: where each learner rank runs (rank, pid, ip, node id)."""
+    if learner.ranks:
+        (run_dir / "learner_ranks.json").write_text(json.dumps(learner.ranks, indent=2))
+
+
+def make_sampler(cfg: MathRLConfig, prompts: list[dict], learner: Callable[[], LearnerGroup]) -> Any:
+    """The prompt sampler; SPO's asks the learner group of the moment (`learner()`: a restart makes a new one)."""
     seed = derive_seed(cfg.seed, "prompts")
     if cfg.algo == "spo":
-        return WeightedSampler([p["key"] for p in prompts], seed, learner.sampling_weights)
+        return WeightedSampler([p["key"] for p in prompts], seed, lambda keys: learner().sampling_weights(keys))
     return ShuffleSampler(len(prompts), seed)
 
 
@@ -212,16 +220,6 @@ def stopped(reason: str, ckpt_dir: str, step: int) -> RunStopped:
     return RunStopped(f"{reason}; the run stopped after step {step}: {where}")
 
 
-def actor_death(e: Exception) -> str:
-    """Which actor died (its name and pid) and what Ray says of why, in one line."""
-    text = str(e)
-    name = re.search(r"^\s*name: (\S+)", text, re.M)
-    pid = re.search(r"^\s*pid: (\d+)", text, re.M)
-    why = re.search(r"Worker exit detail: ([^.]*)", text)
-    return (f"the {name.group(1) if name else 'an'} actor" + (f" (pid {pid.group(1)})" if pid else "")
-            + " died" + (f": {why.group(1)}" if why else ""))
-
-
 def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,
                 start_fn: Callable[[Any, Prepared, str], ActorGroups] = start_actors) -> dict[str, Any]:
     """The whole run; `prepare_fn` / `start_fn` replace the data preparation and the actor start-up
@@ -246,7 +244,7 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     (run_dir / "config.json").write_text(json.dumps({"algo": cfg.algo, **config_to_dict(cfg)}, indent=2))
     logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
                            ray_metrics=True)
-    sampler = make_sampler(cfg, prep.train_prompts, actors.learner)
+    sampler = make_sampler(cfg, prep.train_prompts, lambda: actors.learner)
     served = start_live_view(cfg, prep) if cfg.serve else None
     watcher = CollapseWatcher()
 
@@ -259,8 +257,14 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
         if served is not None and driver.version % cfg.serve_every == 0:
             served.load_weights(driver.weights_ref, driver.version, wait=False)
 
+    def on_restore(step: int) -> None:   # a new learner group went back to the checkpoint of `step`
+        logger.drop_after(step)
+        save_rank_placement(run_dir, actors.learner)
+
     driver = RLDriver(cfg.driver, actors, prep.train_prompts, prep.eval_prompts, sampler, seed=cfg.seed,
-                      on_step=on_step, checkpoint_dir=ckpt_dir)
+                      on_step=on_step, checkpoint_dir=ckpt_dir, restarts=cfg.learner.restarts,
+                      on_restore=on_restore)
+    save_rank_placement(run_dir, actors.learner)
     max_new = cfg.rollout.sampling.max_new_tokens
     try:
         if cfg.resume:
@@ -298,6 +302,8 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
         memory = actors_peak_memory(actors)
     except ray.exceptions.RayActorError as e:
         raise stopped(actor_death(e), ckpt_dir, driver.step_count) from e
+    except LearnerFailed as e:
+        raise stopped(str(e), ckpt_dir, driver.step_count) from e
     except KeyboardInterrupt as e:
         err = stopped(f"interrupted ({e or 'Ctrl-C'})", ckpt_dir, driver.step_count)
         err.exit_code = 130

@@ -80,7 +80,7 @@ def actors(ray_local, tmp_path_factory):
         components=[("math", MathVerifierScorer(), 0.0), ("first_even", FirstTokenEven(), 1.0)])
     ds = RLPromptDataset(sm.rl_records(problems[:40]))
     prompts = ds.driver_prompts()
-    yield SimpleNamespace(groups=ActorGroups(LearnerGroup(learner), RolloutGroup(rollouts), RewardGroup([reward])),
+    yield SimpleNamespace(groups=ActorGroups(LearnerGroup([learner]), RolloutGroup(rollouts), RewardGroup([reward])),
                           learner=learner, rollouts=rollouts, train=prompts[:32], eval=prompts[32:36])
     for a in [learner, *rollouts, reward]:
         ray.kill(a)

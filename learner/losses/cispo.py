@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import KLConfig
-from .core import AggMode, _enum, aggregate, apply_weights, masked_mean, to_float
+from .core import AggMode, AllSum, _enum, aggregate, apply_weights, masked_mean, to_float
 from .grpo import LOG_RATIO_CLAMP, KLTerm, group_advantages
 
 __all__ = ["CISPOLoss", "population_group_advantages"]
@@ -68,7 +68,7 @@ class CISPOLoss(KLTerm):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return population_group_advantages(rewards, group_uid, self.adv_eps)
 

@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 
 __all__ = [
+    "AllSum",
+    "global_mean_var",
     "AggMode",
     "KLKind",
     "masked_sum",
@@ -88,14 +90,36 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
+AllSum = Callable[[torch.Tensor], torch.Tensor]
+"""Sums a tensor over the data-parallel learner ranks (learner.distributed.Comm.all_sum): batch-wide
+statistics of a batch split over ranks. None: this process holds the whole batch."""
+
+
+def global_mean_var(x: torch.Tensor, mask: torch.Tensor, all_sum: AllSum) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance of the masked elements of ``x`` over every rank's rows (two passes,
+    as masked_var)."""
+    m = _as_mask(mask, x)
+    n, total = all_sum(torch.stack([m.sum(), (x * m).sum()]).double())
+    mean = (total / n.clamp(min=1.0)).to(x.dtype)
+    ss = all_sum((((x - mean) ** 2) * m).sum().double().reshape(1))[0]
+    var = ss / n.clamp(min=1.0)
+    var = torch.where(n > 1, var * n / (n - 1).clamp(min=1.0), var)
+    return mean, var.to(x.dtype)
+
+
 def masked_whiten(
-    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+    all_sum: AllSum | None = None,
 ) -> torch.Tensor:
     """(x − mean)/sqrt(var + eps) over the masked elements (unbiased var); if ``shift_mean`` is
-    False the mean is added back (scale only). Masked-out positions are returned as 0."""
+    False the mean is added back (scale only). Masked-out positions are returned as 0. With
+    ``all_sum`` the statistics are those of every learner rank's rows."""
     m = _as_mask(mask, x)
-    mean = masked_mean(x, m)
-    var = masked_var(x, m, unbiased=True)
+    if all_sum is None:
+        mean = masked_mean(x, m)
+        var = masked_var(x, m, unbiased=True)
+    else:
+        mean, var = global_mean_var(x, m, all_sum)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

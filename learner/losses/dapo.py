@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ClipConfig, KLConfig
+from .core import AllSum
 from .grpo import ClippedPolicyLoss, group_advantages
 
 __all__ = ["DAPOLoss", "overlong_reward"]
@@ -85,7 +86,7 @@ class DAPOLoss(ClippedPolicyLoss):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
         """Group-normalised advantages [B] of the overlong-shaped (and KL-penalised, if in the reward) rewards."""
         rewards = self.penalized_rewards(self.shaped_rewards(rewards, mask), old_logp, ref_logp, mask)
         return group_advantages(rewards, group_uid, "group", self.adv_eps)

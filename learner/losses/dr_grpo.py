@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ClipConfig, KLConfig
+from .core import AllSum
 from .grpo import ClippedPolicyLoss, group_advantages
 
 __all__ = ["DrGRPOLoss"]
@@ -45,7 +46,7 @@ class DrGRPOLoss(ClippedPolicyLoss):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
         """A_i = r_i − group mean [B] (no std scaling; KL-penalised rewards when the KL is in the reward)."""
         return group_advantages(self.penalized_rewards(rewards, old_logp, ref_logp, mask), group_uid, scale="none")
 

@@ -23,7 +23,8 @@ from enum import Enum
 import torch
 
 from .config import ClipConfig, KLConfig
-from .core import AggMode, KLKind, _enum, aggregate, apply_weights, kl_estimate, masked_mean, to_float
+from .core import (AggMode, AllSum, KLKind, _enum, aggregate, apply_weights, global_mean_var, kl_estimate, masked_mean,
+                   to_float)
 
 __all__ = [
     "AdvScale",
@@ -73,6 +74,7 @@ def group_advantages(
     group_uid: torch.Tensor,
     scale: str | AdvScale = "group",
     eps: float = 1e-6,
+    all_sum: AllSum | None = None,
 ) -> torch.Tensor:
     """Sequence advantages [B] from rewards [B] and group ids [B] (rows need not be adjacent).
 
@@ -80,7 +82,8 @@ def group_advantages(
     - ``group``: (std_g(i) + eps), unbiased group std;
     - ``batch``: (std(rewards) + eps), unbiased std over the whole batch;
     - ``none``: nothing (Dr.GRPO).
-    A group whose rewards are all equal gets advantage exactly 0 in every mode.
+    A group whose rewards are all equal gets advantage exactly 0 in every mode. A batch split over
+    learner ranks keeps whole groups on each; ``all_sum`` makes the batch std that of every rank's rows.
     """
     mode = _enum(AdvScale, scale, "advantage scale")
     dev, std_g, _, _ = _group_stats(rewards, group_uid)
@@ -91,7 +94,10 @@ def group_advantages(
         return dev / (std_g + eps)
     if mode is AdvScale.BATCH:
         r = rewards.to(dev.dtype)
-        bstd = r.std() if r.numel() > 1 else torch.zeros((), dtype=r.dtype, device=r.device)
+        if all_sum is not None:
+            bstd = global_mean_var(r, torch.ones_like(r), all_sum)[1].sqrt()
+        else:
+            bstd = r.std() if r.numel() > 1 else torch.zeros((), dtype=r.dtype, device=r.device)
         return dev / (bstd + eps)
     return dev
 
@@ -273,9 +279,10 @@ class GRPOLoss(ClippedPolicyLoss):
         old_logp: torch.Tensor | None = None,
         ref_logp: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        all_sum: AllSum | None = None,
     ) -> torch.Tensor:
         """Sequence advantages [B] for the full batch (compute BEFORE splitting into
         micro-batches). With the KL in the reward the rewards are penalised first."""
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
-        return group_advantages(rewards, group_uid, self.adv_scale, self.adv_eps)
+        return group_advantages(rewards, group_uid, self.adv_scale, self.adv_eps, all_sum)
 

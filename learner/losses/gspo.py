@@ -29,7 +29,7 @@ from enum import Enum
 import torch
 
 from .config import ClipConfig, KLConfig
-from .core import _enum, masked_mean, to_float
+from .core import AllSum, _enum, masked_mean, to_float
 from .grpo import LOG_RATIO_CLAMP, ClippedPolicyLoss, group_advantages, policy_loss
 
 __all__ = ["GSPOLoss", "GSPOVariant", "sequence_log_ratio"]
@@ -63,7 +63,7 @@ class GSPOLoss(ClippedPolicyLoss):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return group_advantages(rewards, group_uid, "group", self.adv_eps)
 

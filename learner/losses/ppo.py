@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import ClipConfig, KLConfig
-from .core import AggMode, aggregate, masked_mean, masked_whiten, to_float
+from .core import AggMode, AllSum, aggregate, masked_mean, masked_whiten, to_float
 from .grpo import kl_reward_penalty, policy_loss
 
 __all__ = ["gae", "ppo_token_rewards", "value_loss", "PPOLoss"]
@@ -144,13 +144,15 @@ class PPOLoss:
         ref_logp: torch.Tensor,
         values: torch.Tensor,
         mask: torch.Tensor,
+        all_sum: AllSum | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-batch (advantages [B,T], returns [B,T]); advantages whitened over the mask when
-        ``whiten_advantages`` (returns are computed from the un-whitened advantages)."""
+        ``whiten_advantages`` (returns are computed from the un-whitened advantages), over every
+        learner rank's rows with ``all_sum``."""
         rewards = ppo_token_rewards(score, old_logp, ref_logp, mask, self.kl.coef)
         adv, ret = gae(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
-            adv = masked_whiten(adv, mask, shift_mean=True)
+            adv = masked_whiten(adv, mask, shift_mean=True, all_sum=all_sum)
         return adv, ret
 
     def __call__(

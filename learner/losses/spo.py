@@ -34,15 +34,23 @@ from typing import Any, Hashable, Iterable, Sequence
 import torch
 
 from .config import KLConfig
+from .core import AllSum, global_mean_var
 from .grpo import ClippedPolicyLoss
 
 __all__ = ["SPOTracker", "SPOLoss", "spo_advantages", "policy_drift"]
 
 
-def spo_advantages(rewards: torch.Tensor, baselines: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def spo_advantages(rewards: torch.Tensor, baselines: torch.Tensor, eps: float = 1e-6,
+                   all_sum: AllSum | None = None) -> torch.Tensor:
     """A = r − v, then (A − mean(A)) / (std(A) + eps) over the batch (unbiased std, as
-    ``torch.std``). A batch of one gives 0."""
+    ``torch.std``); over every learner rank's rows with ``all_sum``. A batch of one gives 0."""
     a = rewards.float() - baselines.to(rewards.device).float()
+    if all_sum is not None:
+        n = all_sum(torch.tensor([float(a.numel())], device=a.device))[0]
+        if n < 2:
+            return torch.zeros_like(a)
+        mean, var = global_mean_var(a, torch.ones_like(a), all_sum)
+        return (a - mean) / (var.sqrt() + eps)
     if a.numel() < 2:
         return torch.zeros_like(a)
     return (a - a.mean()) / (a.std() + eps)

@@ -39,11 +39,14 @@ class PPOStage(RLStage):
             raise ValueError("PPO needs a frozen reference model for its KL reward")
         exp, stats = self.experience(learner, batch)
         with torch.no_grad():
-            exp.old_values = critic_values(learner.critic, exp.seq, exp.attn, exp.response_len)
+            exp.old_values = (critic_values(learner.critic, exp.seq, exp.attn, exp.response_len) if len(exp)
+                              else torch.zeros_like(exp.rollout_logp))
+        all_sum = learner.comm.all_sum if learner.comm.distributed else None   # whitening over every rank's rows
         exp.adv, exp.returns = self.loss_fn.compute_advantages(
-            batch.rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.old_values, exp.mask)
+            batch.rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.old_values, exp.mask, all_sum=all_sum)
         stats = self.batch_stats(batch, stats)
-        stats["kl"] = float(masked_mean(exp.old_logp - exp.ref_logp, exp.mask))
+        if len(batch):
+            stats["kl"] = float(masked_mean(exp.old_logp - exp.ref_logp, exp.mask))
         return StepPlan(self.minibatches(learner, exp), stats)
 
     def loss(self, learner: Learner, m: Micro):

@@ -72,22 +72,26 @@ class RLStage(StageBase):
             raise ValueError(f"RL batch sampled at temperature {batch.temperature}: the learner can only "
                              f"train on sampled rollouts (temperature > 0)")
         dev = learner.device
+        row_id = batch.row_id if batch.row_id is not None else torch.arange(len(batch))
         exp = Experience(seq=batch.sequences.to(dev), attn=batch.attention_mask.to(dev),
                          mask=batch.response_mask.to(dev), rollout_logp=batch.logprobs.to(dev),
-                         temperature=batch.temperature)
+                         temperature=batch.temperature, row_id=row_id.to(dev))
         stats: dict[str, float] = {}
         R = exp.response_len
         # stale: the weights moved since sampling, a recomputation would measure nothing
         recompute = not (old_from_update or batch.stale)
+        score = lambda model: (response_logprobs(model, exp.seq, exp.attn, R, exp.temperature) if len(exp)  # noqa: E731
+                               else torch.zeros_like(exp.rollout_logp))   # a learner rank with no rows this step
         with torch.no_grad(), learner.autocast():
             if recompute:
                 learner.model.eval()  # no dropout: old logprobs must be those the rollout sampled from
-                old = response_logprobs(learner.model, exp.seq, exp.attn, R, exp.temperature)
+                old = score(learner.model)
                 learner.model.train()
-                stats["logprob_gap"] = float(((old - exp.rollout_logp).abs() * exp.mask).max())
+                if len(exp):
+                    stats["logprob_gap"] = float(((old - exp.rollout_logp).abs() * exp.mask).max())
             t_ref = time.perf_counter()
             if learner.ref_model is not None:
-                exp.ref_logp = response_logprobs(learner.ref_model, exp.seq, exp.attn, R, exp.temperature)
+                exp.ref_logp = score(learner.ref_model)
             stats["reference_seconds"] = time.perf_counter() - t_ref
         if self.update.use_rollout_logprobs or batch.stale:
             exp.old_logp = exp.rollout_logp
@@ -98,16 +102,32 @@ class RLStage(StageBase):
     def minibatches(self, learner: Learner, exp: Experience) -> Iterator[list[Micro]]:
         """epochs x minibatches updates over shuffled rows; each a list of micro-batches that carry
         the minibatch's counts. The shuffle is seeded by the run seed and the learner's update count,
-        so a resumed run shuffles as the uninterrupted one did."""
-        rows = len(exp)
+        so a resumed run shuffles as the uninterrupted one did. It permutes the step's WHOLE batch
+        (every learner rank's rows, in row-id order): each rank trains its own rows of each minibatch,
+        normalised by the minibatch's counts summed over ranks, so the ranks' gradients add up to one
+        learner's."""
+        comm = learner.comm
+        pos, rows = comm.positions(exp.row_id)      # [B_local] place in the whole batch, its size
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + learner.step) % 2**63)
-        n_mb = min(self.update.minibatches, rows)
+        n_mb = max(1, min(self.update.minibatches, rows))
+        max_len = comm.max_int(exp.response_len)
         for _ in range(self.update.epochs):
-            perm = torch.randperm(rows, generator=gen).to(exp.seq.device)
-            for idx in perm.chunk(n_mb):
-                mb = exp.select(idx)
-                counts = dict(global_tokens=float(mb.mask.sum()), global_seqs=len(idx), max_len=exp.response_len)
-                yield [Micro(m, **counts) for m in mb.chunks(learner.optim_cfg.micro_batch_size)]
+            perm = torch.randperm(rows, generator=gen)
+            chunks = perm.chunk(n_mb)
+            chunk_of = torch.empty(rows, dtype=torch.long)
+            order = torch.empty(rows, dtype=torch.long)     # position of each row within the permutation
+            order[perm] = torch.arange(rows)
+            for c, idx in enumerate(chunks):
+                chunk_of[idx] = c
+            # this rank's rows of each minibatch, in permutation order (one learner's row order)
+            mine = [torch.nonzero(chunk_of[pos] == c).squeeze(-1) for c in range(len(chunks))]
+            mine = [m[torch.argsort(order[pos[m]])] for m in mine]
+            tokens = comm.all_sum(torch.tensor([float(exp.mask[m.to(exp.mask.device)].sum()) for m in mine],
+                                               dtype=torch.float64))
+            for c, m in enumerate(mine):
+                counts = dict(global_tokens=float(tokens[c]), global_seqs=len(chunks[c]), max_len=max_len)
+                mb = exp.select(m.to(exp.seq.device))
+                yield [Micro(x, **counts) for x in mb.chunks(learner.optim_cfg.micro_batch_size)] if len(m) else []
 
     def loss(self, learner: Learner, m: Micro):
         """The policy loss on the experience's advantages (GRPO, SPO; PPO adds its critic)."""
@@ -149,6 +169,12 @@ class RLStage(StageBase):
 
     @staticmethod
     def batch_stats(batch: RolloutBatch, stats: dict[str, float]) -> dict[str, float]:
+        """Row means of the batch this rank trains (the learner weights them by `rows` over ranks)."""
+        if not len(batch):
+            return {**stats, "rows": 0.0}
         mask = batch.response_mask
-        return {**stats, "reward_mean": float(batch.rewards.mean()),
-                "response_length": float(mask.sum(1).mean()), "rows": float(len(batch))}
+        out = {**stats, "reward_mean": float(batch.rewards.mean()),
+               "response_length": float(mask.sum(1).mean()), "rows": float(len(batch))}
+        if batch.multiturn:   # tool-use episodes: turns and calls per episode
+            out.update({k: float(getattr(batch, k).float().mean()) for k in ("turns", "tool_calls", "tool_errors")})
+        return out

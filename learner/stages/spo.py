@@ -72,17 +72,26 @@ class SPOStage(RLStage):
         baseline = self.tracker.baseline(keys)
         # the tracker sees the raw success; the advantages see the KL-penalised reward when it is in the reward
         penalized = self.loss_fn.penalized_rewards(rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.mask)
-        exp.adv = spo_advantages(penalized, baseline).to(learner.device)
-        drift = self.drift(learner, keys, batch.temperature)
-        self.tracker.update(keys, rewards.clamp(0, 1), drift)
+        all_sum = learner.comm.all_sum if learner.comm.distributed else None
+        exp.adv = spo_advantages(penalized, baseline, all_sum=all_sum).to(learner.device)
+        drift = self.drift(learner, keys, batch.temperature) if len(batch) else torch.zeros(0)
         old = exp.old_logp.cpu()
+        seen = []   # (row id, key, reward, drift, what to remember) of this rank's rows
         for i, key in enumerate(keys):
             p, r = batch.prompt_mask[i].bool(), batch.response_mask[i].bool()
             if batch.multiturn:   # remember the first turn only: later turns' contexts hold observations
                 r = r & ((~r).cumsum(0) == 0)
-            self.tracker.remember(key, batch.prompt_ids[i][p].tolist(), batch.response_ids[i][r].tolist(),
-                                  old[i][r].tolist())
+            seen.append((int(exp.row_id[i]), key, float(rewards[i]), float(drift[i]),
+                         (batch.prompt_ids[i][p].tolist(), batch.response_ids[i][r].tolist(), old[i][r].tolist())))
+        # every learner rank keeps the whole tracker: it applies every rank's rows, in one learner's row order
+        # (the remembered responses are small: token ids and logprobs of one response per prompt)
+        rows = sorted(x for part in learner.comm.gather(seen) for x in part)
+        self.tracker.update([k for _, k, *_ in rows], torch.tensor([r for _, _, r, *_ in rows]).clamp(0, 1),
+                            torch.tensor([d for *_, d, _ in rows]))
+        for _, key, _, _, memory in rows:
+            self.tracker.remember(key, *memory)
         stats = self.batch_stats(batch, stats)
-        stats.update(baseline_mean=float(baseline.mean()), drift_mean=float(drift.mean()),
-                     rho_mean=float(self.tracker.rho(drift).mean()))
+        if len(batch):
+            stats.update(baseline_mean=float(baseline.mean()), drift_mean=float(drift.mean()),
+                         rho_mean=float(self.tracker.rho(drift).mean()))
         return StepPlan(self.minibatches(learner, exp), stats)

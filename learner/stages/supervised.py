@@ -42,11 +42,25 @@ class StageBase:
     def _to(batch: dict, device: torch.device) -> dict:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
-    def _micro(self, learner: Learner, batch: dict, **globals_) -> list[dict]:
-        """Micro-batches of a supervised batch; each carries its row share (`weight`, for losses
-        that are row means) and its stat weight (`tokens`: label tokens, or rows for pair losses)."""
-        batch = self._to(batch, learner.device)
+    @staticmethod
+    def _local(learner: Learner, batch: dict) -> tuple[dict, int]:
+        """(this learner rank's rows of `batch`, the batch's row count): every rank reads the same
+        batches and trains its own block of rows (all of them on a world of one)."""
         rows = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+        if not learner.comm.distributed:
+            return batch, rows
+        part = learner.comm.shard(rows)
+        return {k: (v[part] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}, rows
+
+    def _micro(self, learner: Learner, batch: dict, rows: int | None = None, **globals_) -> list[dict]:
+        """Micro-batches of a supervised batch (the whole batch, or with `rows` this rank's rows of a
+        batch of that many); each carries its row share of the whole batch (`weight`, for losses that
+        are row means) and its stat weight (`tokens`: label tokens, or rows for pair losses)."""
+        if rows is None:
+            batch, rows = self._local(learner, batch)
+        batch = self._to(batch, learner.device)
+        if not len(next(v for v in batch.values() if isinstance(v, torch.Tensor))):
+            return []   # fewer rows than learner ranks: this rank only adds its zero gradient
         micros = split_rows({**batch, **globals_, "rows": rows}, learner.optim_cfg.micro_batch_size)
         for m in micros:
             n = len(next(v for v in m.values() if isinstance(v, torch.Tensor)))
@@ -95,10 +109,12 @@ class DPOStage(StageBase):
     def plan(self, learner: Learner, batch: dict) -> StepPlan:
         if learner.ref_model is None:
             raise ValueError("DPO needs a frozen reference model (Learner(ref_model=...))")
+        batch, rows = self._local(learner, batch)
         batch = self._to(batch, learner.device)
-        with torch.no_grad(), learner.autocast():
-            batch["ref_chosen"], batch["ref_rejected"] = self._both(learner.ref_model, batch)
-        return StepPlan([self._micro(learner, batch)])
+        if len(batch["chosen_ids"]):
+            with torch.no_grad(), learner.autocast():
+                batch["ref_chosen"], batch["ref_rejected"] = self._both(learner.ref_model, batch)
+        return StepPlan([self._micro(learner, batch, rows=rows)])
 
     def loss(self, learner: Learner, m: dict):
         pc, pr = self._both(learner.model, m)
