@@ -140,7 +140,8 @@ class Ours:
         from learner.stages import RLUpdateConfig
         from minimind.generate import SamplingParams
         from reward.actor import RewardActor, RewardConfig
-        from rl.actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+        from learner.group import LearnerGroup
+        from rl.actors import ActorGroups, RewardGroup, RolloutGroup
         from rl.config import GRPOMathConfig
         from rl.driver import DriverConfig, RLDriver
         from rl.ray_session import placement

@@ -88,6 +88,14 @@ class LearnerWorker:
             self.published, self.dirty = version, False
         return self.learner.weights() if self.rank == 0 else None
 
+    def fit(self, batches: Any, steps: int, run_dir: str, **loop: Any) -> tuple[dict[str, float], dict | None]:
+        """A supervised run on this rank (learner.supervised.train_loop over its rows of every batch)
+        -> (last stats, the final weights from rank 0; None from the others)."""
+        from .supervised import train_loop
+
+        stats = train_loop(self.learner, batches, steps, run_dir, **loop)
+        return stats, (self.learner.weights() if self.rank == 0 else None)
+
     def version(self) -> int:
         return self.learner.version
 

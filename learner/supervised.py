@@ -33,22 +33,27 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
         extra = learner.load_checkpoint(ckpt)
         batches.load_state_dict(extra["data"])
         log.info("resumed from %s at step %d", ckpt, learner.step)
-    logger = MetricsLogger(run_dir, total_steps=steps, desc=learner.stage.name, enable_progress=progress)
-    if resume:
+    # one writer: on a learner group every rank reads the same batches and trains its rows; rank 0
+    # logs, plots and checkpoints (its model, optimizer and data position are every rank's)
+    lead = learner.comm.rank == 0
+    logger = MetricsLogger(run_dir, total_steps=steps, desc=learner.stage.name, enable_progress=progress) if lead else None
+    if resume and lead:
         logger.drop_after(learner.step)
     stats: dict[str, float] = {}
     try:
         while learner.step < steps:
             stats = learner.train_step(batches.next_batch())
-            logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
-            if plot_every and learner.step % plot_every == 0:
-                plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
+            if lead:
+                logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
+                if plot_every and learner.step % plot_every == 0:
+                    plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
             if on_step is not None:
                 on_step(learner.step, stats)
             if checkpoint_every and (learner.step % checkpoint_every == 0 or learner.step == steps):
                 learner.save_checkpoint(ckpt, {"data": batches.state_dict()})
     finally:
-        logger.close()
-    if logger.path.exists():
+        if lead:
+            logger.close()
+    if lead and logger.path.exists():
         plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
     return stats

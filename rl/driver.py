@@ -19,7 +19,8 @@ from typing import Any, Callable
 import ray
 
 from learner.learner import find_checkpoint
-from rl.actors import ActorGroups, LearnerFailed
+from learner.group import LearnerFailed
+from rl.actors import ActorGroups
 from rl.batch import RolloutBatch
 
 log = logging.getLogger(__name__)

@@ -22,6 +22,7 @@ import torch
 
 from learner.cli import config_to_dict, parse_config
 from learner.errors import RunStopped, run_or_exit
+from learner.group import LearnerFailed, LearnerGroup, actor_death
 from learner.inputs import check_checkpoint_path, check_data_path, check_device
 from learner.learner import COMPLETE_MARK, Learner, find_checkpoint
 from learner.run_folder import check_run_folder, start_fresh
@@ -33,7 +34,7 @@ from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
 from minimind.tokenizer import MiniMindTokenizer, check_fits
 
-from .actors import ActorGroups, LearnerFailed, LearnerGroup, RewardGroup, RolloutGroup, actor_death
+from .actors import ActorGroups, RewardGroup, RolloutGroup
 from .bootstrap import bootstrap_policy
 from .config import MathRLConfig
 from .driver import RLDriver, summarize_groups

@@ -157,10 +157,13 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def grpo_args(address: str, run_dir: Path) -> list[str]:
-    """grpo_math.py with the learner pinned to the head node and rollouts to the worker node."""
+def grpo_args(address: str, run_dir: Path, learner_ranks: int = 1) -> list[str]:
+    """grpo_math.py with rollouts pinned to the worker node and the learner to the head node, or with
+    `learner_ranks` > 1 its ranks spread over the nodes (one per node)."""
+    learner = (['--learner-resources={"head_node": 0.1}'] if learner_ranks == 1 else
+               [f"--learner.world-size={learner_ranks}", "--learner.placement=spread"])
     return [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--address={address}",
-            f"--run-dir={run_dir}", '--learner-resources={"head_node": 0.1}',
+            f"--run-dir={run_dir}", *learner,
             '--rollout-resources={"worker_node": 0.1}', "--rollout-workers=1", "--threads=1",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
             "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=4", "--no-progress",

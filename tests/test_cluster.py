@@ -89,7 +89,9 @@ def _demo_module():
 
 
 @pytest.mark.slow
-def test_two_node_cluster_runs_grpo_with_learner_and_rollouts_on_different_nodes(tmp_path, monkeypatch):
+def test_two_node_cluster_runs_grpo_with_nodes_pinned_and_learner_ranks_spread(tmp_path, monkeypatch):
+    """One run pins the learner to the head node and the rollouts to the worker node (custom resources);
+    a second one trains with two learner ranks spread over the two nodes (gloo across the nodes)."""
     # as with a virtualenv used without activation: Ray's command line is not on PATH
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     demo = _demo_module()
@@ -109,6 +111,16 @@ def test_two_node_cluster_runs_grpo_with_learner_and_rollouts_on_different_nodes
         assert "(worker_node)" in line.split("rollout-0=")[1].split()[0]
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["steps"] == 2
+
+        spread = tmp_path / "spread"
+        out = subprocess.run(demo.grpo_args(cluster.address, spread, learner_ranks=2), env=demo.ray_env(),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+        ranks = json.loads((spread / "learner_ranks.json").read_text())
+        assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["node_id"] != ranks[1]["node_id"], ranks
+        where = demo.parse_placement(out.stdout)
+        assert where["learner"] != where["learner-1"], out.stdout
+        assert json.loads((spread / "summary.json").read_text())["steps"] == 2
     finally:
         pids = cluster.pids()
         cluster.stop()

@@ -5,7 +5,9 @@
   query API answers with them), and after SIGKILL of the driver no process of the run is left and its
   Ray session files are gone;
 * joined to a Ray (--address), SIGTERM ends it like Ctrl-C (one line, where --resume continues, no
-  stack dump), and a killed learner actor is named with the step --resume continues from.
+  stack dump), and a killed learner actor is named with the step --resume continues from (with no
+  restarts allowed); with two learner ranks, a killed rank restarts the group from the last checkpoint
+  and the run finishes with every step counted once.
 
 The runs are long (--driver.steps=100000) and end when the test ends them; the loops poll until the event
 they wait for, with a deadline only as a failure bound."""
@@ -28,6 +30,7 @@ import psutil
 import pytest
 import torch
 
+from learner.learner import find_checkpoint
 from minimind.checkpoint import save_model
 from minimind.config import preset
 from minimind.data import synthetic_math as sm
@@ -164,6 +167,11 @@ def _pids(name: str) -> set[int]:
     return out
 
 
+def _checkpoint_step(run: Path) -> int:
+    """The step of the checkpoint --resume takes (a save cut short by a kill may leave it beside the folder)."""
+    return json.loads((find_checkpoint(run / "checkpoint") / "extra.json").read_text())["step"]
+
+
 def _one_error_line(err: str) -> str:
     assert "Traceback" not in err and "*** SIG" not in err and "Stack trace" not in err, err[-4000:]
     lines = [x for x in err.splitlines() if x.startswith("error: ")]
@@ -179,20 +187,47 @@ def test_sigterm_ends_a_run_like_ctrl_c(ray_local, policy, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-4000:]
     line = _one_error_line(err)
-    step = json.loads((run / "checkpoint" / "extra.json").read_text())["step"]
+    step = _checkpoint_step(run)
     assert "interrupted" in line and f"--resume continues from the checkpoint at step {step}" in line, line
 
 
 def test_a_killed_learner_is_named_with_the_step_resume_continues_from(ray_local, policy, tmp_path):
     before = _pids("ray::LearnerWorker")
     run = tmp_path / "run"
-    proc = _start(run, policy, f"--address={ray_local.get_runtime_context().gcs_address}", "--no-dashboard")
+    proc = _start(run, policy, f"--address={ray_local.get_runtime_context().gcs_address}", "--no-dashboard",
+                  "--learner.restarts=0")
     _wait_for(proc, lambda: _steps_done(run) >= 1 and bool(_pids("ray::LearnerWorker") - before), "a step")
     (learner,) = _pids("ray::LearnerWorker") - before
     os.kill(learner, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err[-4000:]
     line = _one_error_line(err)
-    step = json.loads((run / "checkpoint" / "extra.json").read_text())["step"]
+    step = _checkpoint_step(run)
     assert f"the learner actor (pid {learner}) died" in line, line
     assert f"--resume continues from the checkpoint at step {step}" in line, line
+
+
+def test_a_killed_learner_rank_restarts_the_group_and_the_run_finishes(ray_local, policy, tmp_path):
+    """Two learner ranks, a checkpoint every step. The driver is frozen (SIGSTOP) so the kill lands
+    mid-run, rank 1 is SIGKILLed, the driver goes on: it notices the dead rank, starts a new group from
+    the last checkpoint and finishes; metrics.jsonl has every step once."""
+    run, steps = tmp_path / "run", 30
+    proc = _start(run, policy, f"--address={ray_local.get_runtime_context().gcs_address}", "--no-dashboard",
+                  "--learner.world-size=2", f"--driver.steps={steps}")
+    ranks = run / "learner_ranks.json"
+    _wait_for(proc, lambda: _steps_done(run) >= 2 and ranks.is_file(), "two steps")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        assert _steps_done(run) < steps
+        before = json.loads(ranks.read_text())
+        os.kill(before[1]["pid"], signal.SIGKILL)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    assert "restarting the learner group" in out and "continuing after step" in out, out[-3000:]
+    logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"reward_mean"' in x]
+    assert logged == list(range(1, steps + 1))
+    after = json.loads(ranks.read_text())
+    assert [r["rank"] for r in after] == [0, 1] and not {r["pid"] for r in after} & {r["pid"] for r in before}
+    assert json.loads((run / "summary.json").read_text())["steps"] == steps

@@ -29,7 +29,8 @@ from minimind.tokenizer import train_tokenizer
 from reward.actor import RewardActor, RewardConfig
 from reward.scorers import MathVerifierScorer
 from minimind.generate import SamplingParams
-from rl.actors import ActorGroups, LearnerGroup, RewardGroup, RolloutGroup
+from learner.group import LearnerGroup
+from rl.actors import ActorGroups, RewardGroup, RolloutGroup
 from rl.batch import RolloutBatch
 from rl.driver import DriverConfig, RLDriver
 from rl.samplers import ShuffleSampler
@@ -237,6 +238,20 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     assert json.loads((part / "checkpoint" / "extra.json").read_text())["step"] == 3
     assert [r["step"] for r in _train_rows(part)] == [1, 2, 3]
     assert _train_rows(part) == _train_rows(full)
+
+    # two learner ranks (gloo), stopped after step 1, resumed on two ranks, then on ONE: the same run as
+    # the one-learner run, step for step (float rounding apart: the ranks sum in another order)
+    ranks = tmp_path / "ranks"
+    _grpo_math(ranks, address, "--driver.steps=1", "--learner.world-size=2", *same)
+    assert [r["rank"] for r in json.loads((ranks / "learner_ranks.json").read_text())] == [0, 1]
+    _grpo_math(ranks, address, "--driver.steps=2", "--resume", "--learner.world-size=2", *same)
+    _grpo_math(ranks, address, "--driver.steps=3", "--resume", *same)
+    rows, ref = _train_rows(ranks), _train_rows(full)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"allreduce_seconds_rank0", "allreduce_seconds_rank1"} <= set(rows[1]) and "allreduce_seconds_rank1" not in rows[2]
+    for got, want in zip(rows, ref):
+        got = {k: v for k, v in got.items() if "_rank" not in k}
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
     other = tmp_path / "seed1"
     _grpo_math(other, address, "--driver.steps=1", "--eval-size=0", "--seed=1", *same)

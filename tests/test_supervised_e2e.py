@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 from learner.config import OptimConfig
 from learner.metrics import read_metrics
@@ -11,6 +15,7 @@ from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
 from minimind.checkpoint import load_model
 from minimind.tokenizer import MiniMindTokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 COMMON = dict(preset="tiny", n_train=200, vocab_size=300, batch_size=8, seq_len=64,
               progress=False)
 
@@ -69,3 +74,32 @@ def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     ev = json.loads((sft_dir / "eval.json").read_text())
     assert ev["n"] == 8 and 0.0 <= ev["accuracy"] <= 1.0 and res["eval"]["accuracy"] == ev["accuracy"]
+
+
+def test_sft_on_two_learner_ranks_is_the_one_learner_run_and_resumes_on_one(pretrained, tmp_path):
+    """`experiments/sft.py --learner.world-size 2` (two Ray actors, gloo): each rank trains its half of
+    every batch, and the run is the one-learner run (losses, gradient norms), its metrics and checkpoint
+    written once. That checkpoint, resumed by ONE learner, ends where the one-learner run ends."""
+    pt_dir, _ = pretrained
+    one, part = tmp_path / "one", tmp_path / "part"
+    settings = dict(init=str(pt_dir / "final"), eval_n=0, checkpoint_every=4, **COMMON)
+    optim = dict(lr=3e-3, warmup_steps=2, micro_batch_size=3, total_steps=6)
+    run_sft(SFTConfig(run_dir=str(one), steps=6, optim=OptimConfig(**optim), **settings))
+    flags = [f"--init={pt_dir / 'final'}", "--eval-n=0", "--checkpoint-every=4", "--preset=tiny", "--n-train=200",
+             "--vocab-size=300", "--batch-size=8", "--seq-len=64", "--no-progress",
+             *[f"--optim.{k.replace('_', '-')}={v}" for k, v in optim.items()]]
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "sft.py"), f"--run-dir={part}", "--steps=4",
+                          "--learner.world-size=2", *flags], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    assert "[learner] 2 ranks" in out.stdout
+    a, b = read_metrics(one / "metrics.jsonl"), read_metrics(part / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]                  # one writer: each step once
+    assert "learn_seconds_rank1" in b[0] and "allreduce_seconds" in b[0]
+    for key in ("loss", "grad_norm"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a[:4]], rel=1e-5), key
+    run_sft(SFTConfig(run_dir=str(part), steps=6, optim=OptimConfig(**optim), resume=True, **settings))
+    b = read_metrics(part / "metrics.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 7))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    w1, w2 = load_file(one / "final" / "model.safetensors"), load_file(part / "final" / "model.safetensors")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-5

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -171,12 +172,44 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
     learner = Learner(model, stage, cfg.optim.for_run(cfg.steps), ref_model=ref_model, device=run.device)
     batches = BatchIterator(dataset, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
-    stats = train_loop(learner, batches, cfg.steps, run.run_dir, checkpoint_every=cfg.checkpoint_every or cfg.steps,
-                       resume=cfg.resume, progress=cfg.progress, plot_keys=tuple(plot_keys),
-                       plot_every=cfg.plot_every)
+    loop = dict(checkpoint_every=cfg.checkpoint_every or cfg.steps, resume=cfg.resume, progress=cfg.progress,
+                plot_keys=tuple(plot_keys), plot_every=cfg.plot_every)
+    if cfg.learner.world_size > 1:
+        stats = fit_on_ranks(run, learner, batches, loop)
+    else:
+        stats = train_loop(learner, batches, cfg.steps, run.run_dir, **loop)
     log.info("%s: %d steps in %.1fs, last loss %.4f", stage.name, learner.step, time.perf_counter() - t0,
              stats.get("loss", float("nan")))
     return learner, stats
+
+
+def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict) -> dict[str, float]:
+    """The run on --learner.world-size Ray actors (a loopback local Ray): each rank a copy of `learner`
+    (model, stage, optimizer settings) and of `batches`, training its rows of every batch; rank 0 writes
+    metrics and checkpoints. `learner` ends with rank 0's final weights and step."""
+    import ray
+
+    from rl.ray_session import init_ray   # the RL recipes' Ray start-up: loopback only, ended with this process
+
+    from ..group import LearnerGroup
+
+    cfg = run.cfg
+    init_ray(None, dashboard=False, dashboard_host="127.0.0.1", overlapping=False)
+    try:
+        n = cfg.learner.world_size
+        per_rank = {"num_gpus": 1, "num_cpus": 1} if run.device.type == "cuda" else {"num_cpus": 1 / n}
+        group = LearnerGroup.start(lambda: learner, cfg.learner, str(run.device), per_rank,
+                                   threads=max(1, (os.cpu_count() or 1) // n))
+        done = group.wait([a.fit.remote(batches, cfg.steps, str(run.run_dir), **loop) for a in group.actors],
+                          "the supervised run")
+        stats, weights = done[0]
+        learner.model.load_state_dict(weights)
+        learner.step = int(stats.get("step", cfg.steps))
+        print(f"[learner] {n} ranks: " + ", ".join(f"rank {r} {stats.get(f'learn_seconds_rank{r}', 0):.3f} s/step"
+                                                   for r in range(n)), flush=True)
+        return stats
+    finally:
+        ray.shutdown()
 
 
 def save_final(run: Run, model: nn.Module, extra: dict | None = None, name: str = "final") -> Path:

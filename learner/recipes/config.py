@@ -9,6 +9,7 @@ from typing import ClassVar
 from minimind.checkpoint import PthOptions
 
 from ..config import OptimConfig
+from ..distributed import LearnerGroupConfig
 
 
 @dataclass
@@ -53,6 +54,9 @@ class RecipeConfig:
     """Seed for model init, data order, dropout and the synthetic data."""
     device: str = "auto"
     """auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
+    """Data-parallel learner ranks (--learner.world-size N: N Ray actors on a local loopback Ray, each
+    training its share of every batch; one learner's update)."""
     progress: bool = True
     """Show a progress bar."""
     plot_every: int = 100
