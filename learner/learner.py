@@ -262,9 +262,11 @@ class Learner:
         for r, *_ in parts:
             total.merge(r)
         out = {**total.result(), **merge_batch_stats([p for _, p, _, _ in parts])}
-        for rank, (_, _, seconds, comm_s) in enumerate(parts):
+        for rank, (_, stats, seconds, comm_s) in enumerate(parts):
             out[f"learn_seconds_rank{rank}"] = seconds
             out[f"allreduce_seconds_rank{rank}"] = comm_s
+            if "rows" in stats:   # the rank's share of the batch (load balance)
+                out[f"rows_rank{rank}"] = stats["rows"]
         out["allreduce_seconds"] = max(c for *_, c in parts)
         return out
 

@@ -125,9 +125,9 @@ class RewardWorker:
         self._seconds += dt
         return batch.with_rewards(rewards, info)
 
-    def score_parts(self, batch: RolloutBatch, parts: int) -> list[RolloutBatch]:
+    def score_parts(self, batch: RolloutBatch, parts: int, offset: int = 0) -> list[RolloutBatch]:
         """`score(batch)` cut into `parts` of whole groups (RolloutBatch.shard), one per learner rank."""
-        return self.score(batch).shard(parts)
+        return self.score(batch).shard(parts, offset)
 
     def stats(self) -> dict[str, Any]:
         """Cumulative counters since construction (batches, rows, seconds, errors, timeouts)."""

@@ -40,10 +40,11 @@ class RewardGroup:
 
     def score_parts(self, generated: list[ray.ObjectRef], parts: int) -> list[list[ray.ObjectRef]]:
         """Each generated batch scored and cut into `parts` of whole groups, one ref each (one per
-        learner rank, so a rank fetches only its rows)."""
+        learner rank, so a rank fetches only its rows); batch i deals its first group to rank i % parts,
+        which keeps the ranks' shares even when batches hold few groups."""
         if parts == 1:
             return [[ref] for ref in self.score(generated)]
-        return [list(self.actors[i % len(self.actors)].score_parts.options(num_returns=parts).remote(g, parts))
+        return [list(self.actors[i % len(self.actors)].score_parts.options(num_returns=parts).remote(g, parts, i))
                 for i, g in enumerate(generated)]
 
 

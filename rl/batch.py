@@ -83,15 +83,17 @@ class RolloutBatch:
             **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in EPISODE_FIELDS + ("row_id",)},
         )
 
-    def shard(self, n: int) -> list["RolloutBatch"]:
-        """`n` parts of whole groups (one per learner rank; group counts differ by at most one, a part
-        may be empty), each row's place in this batch in `row_id`. Batch-level `meta`/`reward_info`
-        go with every part, `meta["batch_rows"]` saying how many rows they describe."""
+    def shard(self, n: int, offset: int = 0) -> list["RolloutBatch"]:
+        """`n` parts of whole groups (one per learner rank), dealt round-robin: the k-th group (in order
+        of first row) goes to part (k + offset) % n, so group counts differ by at most one, and over
+        batches cut with offsets 0, 1, 2, ... (the step's batches) by at most one as well. A part may be
+        empty. Each row's place in this batch is in `row_id`; batch-level `meta`/`reward_info` go with
+        every part, `meta["batch_rows"]` saying how many rows they describe."""
         uids = list(dict.fromkeys(self.group_uid.tolist()))   # groups in order of first row
+        part_of = {u: (k + offset) % n for k, u in enumerate(uids)}
         parts = []
         for r in range(n):
-            mine = set(uids[r * len(uids) // n:(r + 1) * len(uids) // n])
-            idx = [i for i, u in enumerate(self.group_uid.tolist()) if u in mine]
+            idx = [i for i, u in enumerate(self.group_uid.tolist()) if part_of[u] == r]
             part = self.select(idx)
             part.row_id = torch.tensor(idx, dtype=torch.long)
             part.meta = {**self.meta, "batch_rows": len(self)}

@@ -111,7 +111,7 @@ def train(worker: LearnerWorker, case: str, parts: int, rank: int) -> list[tuple
     for step in range(STEPS):
         worker.weights(step)   # the driver publishes before the rollouts sample: on-policy batches
         batches = scored_batches(case, step)
-        mine = batches if parts == 1 else [b.shard(parts)[rank] for b in batches]
+        mine = batches if parts == 1 else [b.shard(parts, i)[rank] for i, b in enumerate(batches)]
         stats = worker.train_step(*mine)
         results.append(({k: stats[k] for k in ("loss", "grad_norm", "updates")}, worker.learner.weights()))
     return results

@@ -249,6 +249,8 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     rows, ref = _train_rows(ranks), _train_rows(full)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"allreduce_seconds_rank0", "allreduce_seconds_rank1"} <= set(rows[1]) and "allreduce_seconds_rank1" not in rows[2]
+    # each rank trained one of the step's two groups (two rollout workers, one prompt each: round-robin)
+    assert [(r["rows_rank0"], r["rows_rank1"], r["rows"]) for r in rows[:2]] == [(2.0, 2.0, 4.0)] * 2
     for got, want in zip(rows, ref):
         got = {k: v for k, v in got.items() if "_rank" not in k}
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
