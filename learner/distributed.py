@@ -31,7 +31,8 @@ class LearnerGroupConfig:
     """Ray placement group strategy of the ranks: pack (as few nodes as fit) or spread (one per node
     where possible)."""
     timeout_s: float = 600.0
-    """A learner step (or a collective) waiting longer than this counts as a dead rank."""
+    """With several ranks: a learner step (or a collective) waiting longer than this counts as a dead
+    rank (a dead rank itself is reported by Ray at once)."""
     restarts: int = 3
     """Times a run restarts a learner group whose rank died, from the last checkpoint (RL recipes)."""
 

@@ -21,7 +21,7 @@ def actor_death(e: Exception) -> str:
     name = re.search(r"^\s*name: (\S+)", text, re.M)
     pid = re.search(r"^\s*pid: (\d+)", text, re.M)
     why = re.search(r"Worker exit detail: ([^.]*)", text)
-    return (f"the {name.group(1) if name else 'an'} actor" + (f" (pid {pid.group(1)})" if pid else "")
+    return ((f"the {name.group(1)} actor" if name else "an actor") + (f" (pid {pid.group(1)})" if pid else "")
             + " died" + (f": {why.group(1)}" if why else ""))
 
 
@@ -90,13 +90,16 @@ class LearnerGroup:
         """Every rank's result, or LearnerFailed naming the first rank that died or the ranks that did
         not answer within the timeout (a rank left waiting in a collective never hangs the run)."""
         rank_of = {r.hex(): i for i, r in enumerate(refs)}
-        pending, deadline = list(refs), time.monotonic() + self.timeout_s
+        # one rank can only be slow, not stuck: its death comes back from Ray as an error
+        limit = self.timeout_s if len(refs) > 1 else None
+        pending, deadline = list(refs), time.monotonic() + (limit or 0.0)
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            left = None if limit is None else max(0.0, deadline - time.monotonic())
+            ready, pending = ray.wait(pending, num_returns=1, timeout=left)
             if not ready:
                 late = sorted(rank_of[r.hex()] for r in pending)
                 raise LearnerFailed(f"learner rank(s) {late} did not finish {what} within --learner.timeout-s="
-                                    f"{self.timeout_s:g}")
+                                    f"{self.timeout_s:g} (raise it if a step can take longer)")
             try:
                 ray.get(ready[0])
             except ray.exceptions.RayActorError as e:
