@@ -157,13 +157,14 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def grpo_args(address: str, run_dir: Path, learner_ranks: int = 1) -> list[str]:
+def grpo_args(address: str, run_dir: Path, learner_ranks: int = 1, init: Path | None = None) -> list[str]:
     """grpo_math.py with rollouts pinned to the worker node and the learner to the head node, or with
-    `learner_ranks` > 1 its ranks spread over the nodes (one per node)."""
+    `learner_ranks` > 1 its ranks spread over the nodes (one per node); `init`: a starting policy
+    instead of the tiny bootstrap."""
     learner = (['--learner-resources={"head_node": 0.1}'] if learner_ranks == 1 else
                [f"--learner.world-size={learner_ranks}", "--learner.placement=spread"])
     return [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--address={address}",
-            f"--run-dir={run_dir}", *learner,
+            f"--run-dir={run_dir}", *learner, *([f"--init={init}"] if init else []),
             '--rollout-resources={"worker_node": 0.1}', "--rollout-workers=1", "--threads=1",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
             "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=4", "--no-progress",

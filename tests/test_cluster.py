@@ -113,7 +113,8 @@ def test_two_node_cluster_runs_grpo_with_nodes_pinned_and_learner_ranks_spread(t
         assert summary["steps"] == 2
 
         spread = tmp_path / "spread"
-        out = subprocess.run(demo.grpo_args(cluster.address, spread, learner_ranks=2), env=demo.ray_env(),
+        out = subprocess.run(demo.grpo_args(cluster.address, spread, learner_ranks=2,
+                                            init=run_dir / "bootstrap" / "sft" / "final"), env=demo.ray_env(),
                              cwd=tmp_path, capture_output=True, text=True, timeout=240)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
         ranks = json.loads((spread / "learner_ranks.json").read_text())
