@@ -37,8 +37,8 @@ from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 
 from ..cli import config_to_dict, parse_config
-from ..errors import run_or_exit
-from ..learner import Learner
+from ..errors import RunStopped, run_or_exit
+from ..learner import Learner, find_checkpoint
 from ..inputs import check_checkpoint_path, check_data_path, check_device
 from ..run_folder import check_run_folder, start_fresh
 from ..supervised import train_loop
@@ -191,7 +191,7 @@ def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict)
 
     from rl.ray_session import init_ray   # the RL recipes' Ray start-up: loopback only, ended with this process
 
-    from ..group import LearnerGroup
+    from ..group import LearnerFailed, LearnerGroup
 
     cfg = run.cfg
     init_ray(None, dashboard=False, dashboard_host="127.0.0.1", overlapping=False)
@@ -200,8 +200,13 @@ def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict)
         per_rank = {"num_gpus": 1, "num_cpus": 1} if run.device.type == "cuda" else {"num_cpus": 1 / n}
         group = LearnerGroup.start(lambda: learner, cfg.learner, str(run.device), per_rank,
                                    threads=max(1, (os.cpu_count() or 1) // n))
-        done = group.wait([a.fit.remote(batches, cfg.steps, str(run.run_dir), **loop) for a in group.actors],
-                          "the supervised run")
+        try:
+            done = group.wait([a.fit.remote(batches, cfg.steps, str(run.run_dir), **loop) for a in group.actors],
+                              "the supervised run")
+        except LearnerFailed as e:   # one line, and where the run can go on from
+            saved = find_checkpoint(run.run_dir / "checkpoint")
+            raise RunStopped(f"{e}; " + (f"--resume continues from {saved}" if saved else
+                                         "no checkpoint was saved yet (--checkpoint-every N)")) from e
         stats, weights = done[0]
         learner.model.load_state_dict(weights)
         learner.step = int(stats.get("step", cfg.steps))
