@@ -195,8 +195,8 @@ def test_tool_episode_rewards():
 
 
 def test_tool_math_data():
-    """Easy SFT chats render (through the template) a calculator call whose result is the answer; hard
-    problems are out of the model's head (products of 3-digit numbers, sums of four 3/4-digit numbers);
+    """Easy SFT chats render (through the template) a calculator call whose result is the answer, with
+    every operand length of the hard set but never its shapes; hard problems are out of the model's head (products of 3-digit numbers, sums of four 3/4-digit numbers);
     train and test are disjoint; no-tool prompts are the same questions."""
     from minimind.data import synthetic_math as sm
     from minimind.data import tool_math as tm
@@ -212,6 +212,16 @@ def test_tool_math_data():
         (call,) = parse_tool_calls(turn)
         assert tools.call(call["name"], call["arguments"]).text == p.answer
         assert text.endswith(f"<|im_start|>assistant\n#### {p.answer}<|im_end|>\n")
+    # easy carries every operand length of the hard set in both positions (copying is learnt on
+    # them) but never a product of two multi-digit numbers nor a sum of several long numbers
+    easy = tm.tool_problems(600, 0, "train", "easy")
+    products = [[len(x) for x in p.solution.split(" * ")] for p in easy if "*" in p.solution]
+    sums = [[len(x) for x in p.solution.split(" + ")] for p in easy if "+" in p.solution]
+    assert all(min(ls) == 1 and max(ls) >= 2 for ls in products)                  # one single-digit factor
+    assert {ls.index(1) for ls in products} == {0, 1}                              # on either side
+    assert {max(ls) for ls in products} == {2, 3, 4, 5}
+    assert all(len(ls) == 2 or max(ls) <= 2 for ls in sums) and {len(ls) for ls in sums} == {2, 3, 4}
+    assert max(max(ls) for ls in sums) == 5
     hard_train = tm.tool_problems(300, 0, "train", "hard")
     hard_test = tm.tool_problems(100, 1, "test", "hard")
     assert len(hard_test) == 100 and not {p.question for p in hard_train} & {p.question for p in hard_test}

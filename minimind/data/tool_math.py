@@ -1,14 +1,22 @@
 """Built-in tool-use math (no download): arithmetic a small model cannot do in its head but does
 exactly with a calculator tool.
 
-  easy   two operands: a + b with 2-4 digit numbers, a * b with a of 2-4 digits and a one-digit b,
-         or a sum of three 2-digit numbers                            "What is 4721 + 386?"
-  hard   3-digit x 2/3-digit products, sums of four 3/4-digit numbers   "What is 347 * 862?"
+  easy   one schoolbook step: a + b with 2-5 digit numbers, a product with ONE single-digit factor
+         (either side; the other has 2-5 digits), or a sum of 2-4 one/two-digit numbers
+                                                                       "What is 7 * 4821?"
+  hard   long multiplication (3-digit x 2/3-digit) and long sums (four 3/4-digit numbers)
+                                                                       "What is 347 * 862?"
 
-Easy problems carry numbers of every length the hard ones use, so the SFT'd model has copied 3- and
-4-digit operands into a call before; what it has not seen is a long product or a four-term sum (a
-first run whose easy set had 2-digit numbers only wrote 2-digit expressions on every hard problem,
-0% with the tool, and gave GRPO no correct sample to learn from).
+Why these: the SFT'd model must learn to COPY the question's expression into the call and the
+tool's result into its answer, which a 4-layer model only generalises to shapes it has copied
+before. Easy problems therefore carry numbers of every length the hard ones use, in both operand
+positions (a multi-digit number after `*` too), 2-4 terms, and results of up to 6 digits; what they
+never hold is a product of two multi-digit numbers or a multi-term sum of long numbers. Measured
+on the demo model (60 held-out problems each, greedy): a first easy set of 2-digit numbers only
+gave 2-digit calls on every hard problem (0% with the tool); 2-4 digit operands with a one-digit
+multiplier on the right still gave 0% (`944 * 317` -> `944 + 271`); this set gives 98% on easy and
+35% on hard with the tool (products 62%, four-term long sums 0%: a sum of many terms is copied as
+many SHORT numbers, `5888 + 7932 + ...` -> `58 + 72 + ...`), 0% on hard without it.
 
 SFT chats show the tool-call format on EASY problems only (MiniMind-3 layout: the tool list on the
 user message as `tools`, the call as the assistant's `tool_calls`, the result as a `tool` message,
@@ -42,14 +50,26 @@ def _problem(question: str, expression: str, value: int, level: str) -> MathProb
     return MathProblem(question, str(value), expression, DIFFICULTIES.index(level) + 5)
 
 
+def _number(rng: random.Random, lo: int, hi: int) -> int:
+    """A number of lo..hi digits, the LENGTH drawn uniformly (so short and long numbers are as common)."""
+    d = rng.randint(lo, hi)
+    return rng.randint(10 ** (d - 1), 10 ** d - 1)
+
+
 def _easy(rng: random.Random) -> MathProblem:
     kind = rng.randrange(3)
     if kind == 0:
-        a, b = (rng.randint(10, 10 ** rng.randint(2, 4) - 1) for _ in range(2))
-        return _problem(f"What is {a} + {b}?", f"{a} + {b}", a + b, "easy")
-    if kind == 1:
-        return _product(rng, (2, rng.randint(2, 4)), (1, 1), "easy")
-    return _sum(rng, 3, 10, 99, "easy")
+        return _sum_of(rng, [_number(rng, 2, 5) for _ in range(2)], "easy")
+    if kind == 1:   # short multiplication: one single-digit factor, on either side
+        a, d = _number(rng, 2, 5), rng.randint(2, 9)
+        x, y = (a, d) if rng.random() < 0.5 else (d, a)
+        return _problem(f"What is {x} * {y}?", f"{x} * {y}", x * y, "easy")
+    return _sum_of(rng, [_number(rng, 1, 2) for _ in range(rng.randint(2, 4))], "easy")
+
+
+def _sum_of(rng: random.Random, xs: list[int], level: str) -> MathProblem:
+    expr = " + ".join(map(str, xs))
+    return _problem(f"What is {expr}?", expr, sum(xs), level)
 
 
 GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {
