@@ -17,7 +17,7 @@ Reports per world size: seconds per step (median of --repeats after --warmup), s
 (the all-reduce share of a step), and the speedup of 2 ranks over 1.
 
 Usage: python bench/learner_scaling.py [--preset demo] [--prompts 32] [--group 8] [--new-tokens 40]
-       [--prompt-len 30] [--repeats 5] [--warmup 1] [--device cpu|cuda] [--quick] [--append]
+       [--prompt-len 30] [--repeats 3] [--warmup 1] [--device cpu|cuda] [--quick] [--append]
 """
 from __future__ import annotations
 
@@ -98,8 +98,6 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda (world size 2 then needs 2 GPUs)")
     args = p.parse_args()
     setup(args)
-    if args.repeats is None or args.quick:
-        args.repeats = 2 if args.quick else 5
     if args.quick:
         args.prompts, args.new_tokens = 8, 16
     init_ray(None, dashboard=False, dashboard_host="127.0.0.1", overlapping=False)
