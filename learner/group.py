@@ -120,9 +120,9 @@ class LearnerGroup:
             a.weights.remote(version)
         return self.actor.weights.remote(version)
 
-    def save_checkpoint(self, path: str, extra: dict) -> ray.ObjectRef:
-        """Rank 0 writes it (every rank holds the same model, optimizer and stage state)."""
-        return self.actor.save_checkpoint.remote(path, extra)
+    def save_checkpoint(self, path: str, extra: dict) -> str:
+        """Rank 0 writes it (every rank holds the same model, optimizer and stage state); returns its path."""
+        return self.wait([self.actor.save_checkpoint.remote(path, extra)], "saving a checkpoint")[0]
 
     def load_checkpoint(self, path: str) -> dict:
         """Every rank restores it (any world size: the state is the one learner's)."""

@@ -178,7 +178,7 @@ class RLDriver:
         if cfg.eval_every and self.step_count % cfg.eval_every == 0 and not last:
             stats.update(self.evaluate())
         if cfg.checkpoint_every and self.checkpoint_dir and self.step_count % cfg.checkpoint_every == 0:
-            ray.get(self.actors.learner.save_checkpoint(self.checkpoint_dir, self.state_dict()))
+            self.actors.learner.save_checkpoint(self.checkpoint_dir, self.state_dict())
         if self.on_step:
             self.on_step(self.step_count, stats)
         return stats
