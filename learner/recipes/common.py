@@ -194,9 +194,12 @@ def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict)
     from ..group import LearnerFailed, LearnerGroup
 
     cfg = run.cfg
+    n = cfg.learner.world_size
+    if run.device.type == "cuda" and torch.cuda.device_count() < n:
+        raise ValueError(f"--learner.world-size={n} on --device {cfg.device}: a rank takes one GPU and this "
+                         f"machine has {torch.cuda.device_count()}; lower --learner.world-size")
     init_ray(None, dashboard=False, dashboard_host="127.0.0.1", overlapping=False)
     try:
-        n = cfg.learner.world_size
         per_rank = {"num_gpus": 1, "num_cpus": 1} if run.device.type == "cuda" else {"num_cpus": 1 / n}
         group = LearnerGroup.start(lambda: learner, cfg.learner, str(run.device), per_rank,
                                    threads=max(1, (os.cpu_count() or 1) // n))
