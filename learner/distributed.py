@@ -125,7 +125,8 @@ class Comm:
         if not self.distributed:
             return
         sizes = [p.numel() for p in params]
-        flat = torch.zeros(sum(sizes) + len(params), dtype=torch.float32, device=self.device)
+        total = sum(sizes)   # the has-grad flags follow the gradients
+        flat = torch.zeros(total + len(params), dtype=torch.float32, device=self.device)
         offset = 0
         for p, n in zip(params, sizes):
             if p.grad is not None:
@@ -135,7 +136,7 @@ class Comm:
         flat = self.all_sum(flat)
         offset = 0
         for i, (p, n) in enumerate(zip(params, sizes)):
-            if flat[sum(sizes) + i] > 0:
+            if flat[total + i] > 0:
                 g = flat[offset:offset + n].view_as(p).to(p.dtype)
                 if p.grad is None:
                     p.grad = g.clone()

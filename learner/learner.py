@@ -120,16 +120,23 @@ def merge_batch_stats(parts: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def batch_rows(batch: dict[str, Any]) -> int:
+    """Rows of a dict batch (the length of its row-indexed tensors/lists)."""
+    return next(len(v) for v in batch.values() if isinstance(v, (torch.Tensor, list)))
+
+
+def take_rows(batch: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """`rows` of every row-indexed tensor/list of a dict batch; scalars (global counts) stay as they are."""
+    return {k: (v[rows] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+
+
 def split_rows(batch: dict[str, Any], size: int) -> list[dict[str, Any]]:
     """Split every row-indexed tensor/list of a dict batch into chunks of `size` rows;
     scalars (global counts) are shared by every chunk."""
-    n = next(len(v) for v in batch.values() if isinstance(v, (torch.Tensor, list)))
+    n = batch_rows(batch)
     if size <= 0 or size >= n:
         return [batch]
-    chunks = []
-    for s in range(0, n, size):
-        chunks.append({k: (v[s:s + size] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()})
-    return chunks
+    return [take_rows(batch, slice(s, s + size)) for s in range(0, n, size)]
 
 
 def rng_state() -> dict[str, Any]:

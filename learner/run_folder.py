@@ -8,8 +8,11 @@ folder as it was. Caches (the built-in data, a trained tokenizer, the RL bootstr
 and are kept."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
+
+from .learner import COMPLETE_MARK, find_checkpoint
 
 RESULTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "metrics.jsonl", "final", "summary.json")
 """What makes a folder hold an earlier run (checkpoint.tmp/.old: what an interrupted save leaves)."""
@@ -48,3 +51,13 @@ def start_fresh(run_dir: str | Path, resume: bool) -> None:
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
+
+
+def resume_hint(ckpt_dir: str | Path, save_flag: str) -> str:
+    """Where `--resume` continues a run that stopped early: the step of the checkpoint it would take
+    (find_checkpoint: what a save cut short left beside the folder too), or that none was saved and the
+    flag (`save_flag`) that saves them."""
+    found = find_checkpoint(ckpt_dir)
+    if found is None:
+        return f"no checkpoint was saved ({save_flag} saves one every N steps)"
+    return f"--resume continues from the checkpoint at step {json.loads((found / COMPLETE_MARK).read_text()).get('step')}"

@@ -103,18 +103,16 @@ def placement(device: str, rollout_workers: int, reward_workers: int, reward_on_
     actors then take turns on the cores (rollout, then learning) in on-policy mode."""
     if device.startswith("cuda"):
         reward = {"num_gpus": 0.1 / reward_workers if reward_on_gpu else 0, "num_cpus": 0.5}
-        if learner_ranks == 1:
-            return {"learner": {"num_gpus": 0.5, "num_cpus": 1},
-                    "rollout": {"num_gpus": 0.4 / rollout_workers, "num_cpus": 1}, "reward": reward}
-        if gpus is None:
-            import ray
+        if learner_ranks > 1:
+            if gpus is None:
+                import ray
 
-            gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-        spare = gpus - learner_ranks
-        if spare >= 0.5:
-            return {"learner": {"num_gpus": 1, "num_cpus": 1},
-                    "rollout": {"num_gpus": min(1.0, (spare - (0.1 if reward_on_gpu else 0)) / rollout_workers),
-                                "num_cpus": 1}, "reward": reward}
+                gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+            spare = gpus - learner_ranks
+            if spare >= 0.5:
+                return {"learner": {"num_gpus": 1, "num_cpus": 1},
+                        "rollout": {"num_gpus": min(1.0, (spare - (0.1 if reward_on_gpu else 0)) / rollout_workers),
+                                    "num_cpus": 1}, "reward": reward}
         return {"learner": {"num_gpus": 0.5, "num_cpus": 1},
                 "rollout": {"num_gpus": 0.4 / rollout_workers, "num_cpus": 1}, "reward": reward}
     return {"learner": {"num_cpus": 0.5 / learner_ranks}, "rollout": {"num_cpus": 0.5 / rollout_workers},

@@ -24,8 +24,8 @@ from learner.cli import config_to_dict, parse_config
 from learner.errors import RunStopped, run_or_exit
 from learner.group import LearnerFailed, LearnerGroup, actor_death
 from learner.inputs import check_checkpoint_path, check_data_path, check_device
-from learner.learner import COMPLETE_MARK, Learner, find_checkpoint
-from learner.run_folder import check_run_folder, start_fresh
+from learner.learner import Learner, find_checkpoint
+from learner.run_folder import check_run_folder, resume_hint, start_fresh
 from learner.metrics import MetricsLogger, plot_metrics
 from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
 from minimind.config import MiniMindConfig
@@ -208,17 +208,10 @@ def check_start(cfg: MathRLConfig) -> str:
     return ckpt_dir
 
 
-def checkpoint_step(ckpt_dir: str) -> int | None:
-    found = find_checkpoint(ckpt_dir)
-    return json.loads((found / COMPLETE_MARK).read_text()).get("step") if found else None
-
-
 def stopped(reason: str, ckpt_dir: str, step: int) -> RunStopped:
     """The run ended early: say where it stopped and where --resume continues."""
-    saved = checkpoint_step(ckpt_dir)
-    where = (f"--resume continues from the checkpoint at step {saved}" if saved is not None
-             else "no checkpoint was saved (--driver.checkpoint-every N saves one every N steps)")
-    return RunStopped(f"{reason}; the run stopped after step {step}: {where}")
+    return RunStopped(f"{reason}; the run stopped after step {step}: "
+                      f"{resume_hint(ckpt_dir, '--driver.checkpoint-every N')}")
 
 
 def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,

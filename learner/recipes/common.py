@@ -38,9 +38,9 @@ from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 
 from ..cli import config_to_dict, parse_config
 from ..errors import RunStopped, run_or_exit
-from ..learner import Learner, find_checkpoint
+from ..learner import Learner
 from ..inputs import check_checkpoint_path, check_data_path, check_device
-from ..run_folder import check_run_folder, start_fresh
+from ..run_folder import check_run_folder, resume_hint, start_fresh
 from ..supervised import train_loop
 from .config import RecipeConfig
 
@@ -207,9 +207,7 @@ def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict)
             done = group.wait([a.fit.remote(batches, cfg.steps, str(run.run_dir), **loop) for a in group.actors],
                               "the supervised run")
         except LearnerFailed as e:   # one line, and where the run can go on from
-            saved = find_checkpoint(run.run_dir / "checkpoint")
-            raise RunStopped(f"{e}; " + (f"--resume continues from {saved}" if saved else
-                                         "no checkpoint was saved yet (--checkpoint-every N)")) from e
+            raise RunStopped(f"{e}; {resume_hint(run.run_dir / 'checkpoint', '--checkpoint-every N')}") from e
         stats, weights = done[0]
         learner.model.load_state_dict(weights)
         learner.step = int(stats.get("step", cfg.steps))

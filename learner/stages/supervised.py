@@ -13,7 +13,7 @@ from torch import nn
 from minimind.data import IGNORE_INDEX
 from minimind.model import last_token_values, shift_labels
 
-from ..learner import Learner, StepPlan, split_rows
+from ..learner import Learner, StepPlan, batch_rows, split_rows, take_rows
 from ..losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
 from ..losses.core import masked_sum
 
@@ -46,11 +46,10 @@ class StageBase:
     def _local(learner: Learner, batch: dict) -> tuple[dict, int]:
         """(this learner rank's rows of `batch`, the batch's row count): every rank reads the same
         batches and trains its own block of rows (all of them on a world of one)."""
-        rows = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+        rows = batch_rows(batch)
         if not learner.comm.distributed:
             return batch, rows
-        part = learner.comm.shard(rows)
-        return {k: (v[part] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}, rows
+        return take_rows(batch, learner.comm.shard(rows)), rows
 
     def _micro(self, learner: Learner, batch: dict, rows: int | None = None, **globals_) -> list[dict]:
         """Micro-batches of a supervised batch (the whole batch, or with `rows` this rank's rows of a
@@ -59,11 +58,11 @@ class StageBase:
         if rows is None:
             batch, rows = self._local(learner, batch)
         batch = self._to(batch, learner.device)
-        if not len(next(v for v in batch.values() if isinstance(v, torch.Tensor))):
+        if not batch_rows(batch):
             return []   # fewer rows than learner ranks: this rank only adds its zero gradient
         micros = split_rows({**batch, **globals_, "rows": rows}, learner.optim_cfg.micro_batch_size)
         for m in micros:
-            n = len(next(v for v in m.values() if isinstance(v, torch.Tensor)))
+            n = batch_rows(m)
             m["weight"] = n / rows
             m["tokens"] = float((m["labels"][:, 1:] != IGNORE_INDEX).sum()) if "labels" in m else float(n)
         return micros
