@@ -196,8 +196,9 @@ def test_tool_episode_rewards():
 
 def test_tool_math_data():
     """Easy SFT chats render (through the template) a calculator call whose result is the answer, with
-    every operand length of the hard set but never its shapes; hard problems are out of the model's head (products of 3-digit numbers, sums of four 3/4-digit numbers);
-    train and test are disjoint; no-tool prompts are the same questions."""
+    every operand length of the hard set but never its shapes; hard problems are out of the model's
+    head (4-digit x 3-digit products, sums of three 3-digit numbers); copy chats repeat numbers with no
+    arithmetic; train and test are disjoint; no-tool prompts are the same questions."""
     from minimind.data import synthetic_math as sm
     from minimind.data import tool_math as tm
     from minimind.data.readers import chat_tools
@@ -226,8 +227,16 @@ def test_tool_math_data():
     hard_test = tm.tool_problems(100, 1, "test", "hard")
     assert len(hard_test) == 100 and not {p.question for p in hard_train} & {p.question for p in hard_test}
     assert all(sm.split_of(p.question) == "test" for p in hard_test)
-    assert min(int(p.answer) for p in hard_train) >= 400 and max(len(p.answer) for p in hard_train) >= 6
+    shapes = {(op, tuple(len(x) for x in p.solution.split(f" {op} "))) for p in hard_train for op in "*+"
+              if op in p.solution}
+    assert shapes == {("*", (4, 3)), ("+", (3, 3, 3))}
     assert all(Calculator()(p.solution) == p.answer for p in hard_train)
+    copies = tm.copy_chats(200, 0)
+    for c in copies:
+        user, answer = c["conversations"]
+        assert user["content"] == f"Repeat exactly: {answer['content']}" and "tools" not in user
+        assert not set(answer["content"]) & set("+*") and 2 <= len(answer["content"].replace(",", " ").replace(";", " ").split()) <= 5
+    assert len({c["conversations"][1]["content"] for c in copies}) == 200 and copies == tm.copy_chats(200, 0)
     with_tool, plain = tm.tool_prompts(hard_test[:3]), tm.tool_prompts(hard_test[:3], tools=False)
     assert [p["messages"] for p in with_tool] == [p["messages"] for p in plain]
     assert [p["tools"] for p in with_tool + plain] == [True] * 3 + [False] * 3

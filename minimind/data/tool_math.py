@@ -4,19 +4,24 @@ exactly with a calculator tool.
   easy   one schoolbook step: a + b with 2-5 digit numbers, a product with ONE single-digit factor
          (either side; the other has 2-5 digits), or a sum of 2-4 one/two-digit numbers
                                                                        "What is 7 * 4821?"
-  hard   long multiplication (3-digit x 2/3-digit) and long sums (four 3/4-digit numbers)
-                                                                       "What is 347 * 862?"
+  hard   long multiplication (4-digit x 3-digit) and long sums (three 3-digit numbers)
+                                                                       "What is 7655 * 571?"
+  copy   "Repeat exactly: 553, 4821; 7" -> the same text: no arithmetic, no tool
 
 Why these: the SFT'd model must learn to COPY the question's expression into the call and the
 tool's result into its answer, which a 4-layer model only generalises to shapes it has copied
 before. Easy problems therefore carry numbers of every length the hard ones use, in both operand
-positions (a multi-digit number after `*` too), 2-4 terms, and results of up to 6 digits; what they
-never hold is a product of two multi-digit numbers or a multi-term sum of long numbers. Measured
-on the demo model (60 held-out problems each, greedy): a first easy set of 2-digit numbers only
-gave 2-digit calls on every hard problem (0% with the tool); 2-4 digit operands with a one-digit
-multiplier on the right still gave 0% (`944 * 317` -> `944 + 271`); this set gives 98% on easy and
-35% on hard with the tool (products 62%, four-term long sums 0%: a sum of many terms is copied as
-many SHORT numbers, `5888 + 7932 + ...` -> `58 + 72 + ...`), 0% on hard without it.
+positions, 2-4 terms, and results of up to 6 digits; what they never hold is a product of two
+multi-digit numbers or a sum of several multi-digit numbers. Copy chats (lists of 1-5 digit numbers
+joined by ", ", " " or "; ") teach copying apart from arithmetic and from the call format.
+
+The hard shapes sit at the edge of what the tool-SFT'd demo model copies: it solves some of them
+with the tool (greedy 10-35%) and none without, so GRPO has groups with a correct episode to
+reinforce. Measured on the demo model (40-60 held-out problems each, greedy, 400-step tool SFT):
+3-digit x 3-digit products are copied 67-97% of the time already (little left for RL); four-term
+sums of 3/4-digit numbers are never copied, not in 8 samples at temperature 1 either (`5888 + 7932
++ ...` -> `58 + 72 + ...`), whatever the easy set (sums of 2-8 short terms, chains of two-term
+calls) or copy chats, so RL never sees a reward on them. Hard problems are 0% without the tool.
 
 SFT chats show the tool-call format on EASY problems only (MiniMind-3 layout: the tool list on the
 user message as `tools`, the call as the assistant's `tool_calls`, the result as a `tool` message,
@@ -74,8 +79,8 @@ def _sum_of(rng: random.Random, xs: list[int], level: str) -> MathProblem:
 
 GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {
     "easy": lambda rng: _easy(rng),
-    "hard": lambda rng: (_product(rng, (3, 3), (2, 3), "hard") if rng.random() < 0.5
-                         else _sum(rng, 4, 100, 9999, "hard")),
+    "hard": lambda rng: (_product(rng, (4, 4), (3, 3), "hard") if rng.random() < 0.5
+                         else _sum(rng, 3, 100, 999, "hard")),
 }
 
 
@@ -107,6 +112,18 @@ def tool_chat(p: MathProblem, tools: Sequence[dict]) -> dict:
         {"role": "tool", "content": p.answer},
         {"role": "assistant", "content": f"#### {p.answer}"},
     ]}
+
+
+def copy_chats(n: int, seed: int) -> list[dict]:
+    """`n` plain chats asking to repeat a list of 2-5 numbers (1-5 digits) joined by ", ", " " or "; ":
+    copying without arithmetic or tools, which the small model needs to carry long numbers into a call."""
+    rng = random.Random(f"{seed}-copy")
+    out = []
+    for _ in range(n):
+        text = rng.choice((", ", " ", "; ")).join(str(_number(rng, 1, 5)) for _ in range(rng.randint(2, 5)))
+        out.append({"conversations": [{"role": "user", "content": f"Repeat exactly: {text}"},
+                                      {"role": "assistant", "content": text}]})
+    return out
 
 
 def tool_prompts(problems: Sequence[MathProblem], tools: bool = True, prefix: str = "") -> list[dict]:
