@@ -73,7 +73,7 @@ class ToolsGRPOConfig(GRPOMathConfig):
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=8, max_new_tokens=64)))
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(answer_mode="hash", format_weight=0.0,
                                                                       tool_format_weight=0.1))
-    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=30, prompts_per_step=16))
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=40, prompts_per_step=16))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=0, min_lr_ratio=0.1,
                                                                    weight_decay=0.0))
     algo: ClassVar[str] = "grpo"

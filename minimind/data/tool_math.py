@@ -6,13 +6,13 @@ exactly with a calculator tool.
                                                                        "What is 7 * 4821?"
   hard   long multiplication (4-digit x 3-digit) and long sums (three 3-digit numbers)
                                                                        "What is 7655 * 571?"
-  copy   "Repeat exactly: 553, 4821; 7" -> the same text: no arithmetic, no tool
+  copy   "Repeat exactly: 553, 4821034; 7" -> the same text: no arithmetic, no tool
 
 Why these: the SFT'd model must learn to COPY the question's expression into the call and the
 tool's result into its answer, which a 4-layer model only generalises to shapes it has copied
 before. Easy problems therefore carry numbers of every length the hard ones use, in both operand
 positions, 2-4 terms, and results of up to 6 digits; what they never hold is a product of two
-multi-digit numbers or a sum of several multi-digit numbers. Copy chats (lists of 1-5 digit numbers
+multi-digit numbers or a sum of several multi-digit numbers. Copy chats (lists of 1-7 digit numbers
 joined by ", ", " " or "; ") teach copying apart from arithmetic and from the call format.
 
 The hard shapes sit at the edge of what the tool-SFT'd demo model copies: it solves some of them
@@ -115,12 +115,13 @@ def tool_chat(p: MathProblem, tools: Sequence[dict]) -> dict:
 
 
 def copy_chats(n: int, seed: int) -> list[dict]:
-    """`n` plain chats asking to repeat a list of 2-5 numbers (1-5 digits) joined by ", ", " " or "; ":
-    copying without arithmetic or tools, which the small model needs to carry long numbers into a call."""
+    """`n` plain chats asking to repeat a list of 2-5 numbers (1-7 digits) joined by ", ", " " or "; ":
+    copying without arithmetic or tools, which the small model needs to carry long numbers into a call
+    and 7-digit results into its answer (the easy problems end at 6 digits)."""
     rng = random.Random(f"{seed}-copy")
     out = []
     for _ in range(n):
-        text = rng.choice((", ", " ", "; ")).join(str(_number(rng, 1, 5)) for _ in range(rng.randint(2, 5)))
+        text = rng.choice((", ", " ", "; ")).join(str(_number(rng, 1, 7)) for _ in range(rng.randint(2, 5)))
         out.append({"conversations": [{"role": "user", "content": f"Repeat exactly: {text}"},
                                       {"role": "assistant", "content": text}]})
     return out
