@@ -51,9 +51,9 @@ class ToolSFTConfig:
     n_plain: int = 1000
     """Plain math chats mixed in (answers without tools), so the no-tool ability stays."""
     n_copy: int = 1000
-    """'Repeat exactly: <numbers>' chats mixed in: copying long numbers apart from arithmetic (with
-    them the demo model carries the hard problems' numbers into the call more often: start 0.315 vs
-    0.210, after GRPO 0.795 vs 0.525, one run each)."""
+    """'Repeat exactly: <numbers>' chats mixed in: copying numbers of up to 7 digits apart from
+    arithmetic, so the model carries a hard question's numbers into its call and the result into its
+    answer (measured in docs/tools_and_environments.md)."""
     n_pretrain_chats: int = 500
     """Rendered EASY tool chats added to the bootstrap's pretraining text and tokenizer (0: none)."""
 
@@ -63,7 +63,7 @@ class ToolsGRPOConfig(GRPOMathConfig):
     """GRPO with a calculator tool: multi-turn episodes on hard arithmetic."""
     run_dir: str = "runs/grpo_tools"
     # the tool path needs the answer format, not the bootstrap's own arithmetic (hard problems are
-    # beyond it either way): a shorter SFT than grpo_math's keeps the whole run within ~15 min on 2 cores
+    # beyond it either way): a shorter SFT than grpo_math's keeps the whole run near 13 min on 2 cores
     bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(sft_steps=500))
     n_prompts: int = 2000
     eval_size: int = 200

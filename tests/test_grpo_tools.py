@@ -17,7 +17,7 @@ def test_grpo_tools_cli(ray_local, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, str(ROOT / "experiments" / "grpo_tools.py"), f"--run-dir={run_dir}", f"--address={address}",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=60", "--bootstrap.pretrain-steps=1",
-            "--bootstrap.sft-steps=1", "--sft.steps=2", "--sft.batch-size=4", "--sft.n-tool=8", "--sft.n-plain=4",
+            "--bootstrap.sft-steps=1", "--sft.steps=2", "--sft.batch-size=4", "--sft.n-tool=8", "--sft.n-plain=4", "--sft.n-copy=4",
             "--sft.n-pretrain-chats=8", "--n-prompts=8", "--eval-size=2", "--no-dashboard", "--no-progress",
             "--threads=1", "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=6", "--env.max-turns=2",
             "--env.max-total-tokens=24", "--driver.prompts-per-step=2", "--driver.steps=2",
@@ -25,7 +25,9 @@ def test_grpo_tools_cli(ray_local, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    assert "[tool-sft] 8 easy tool-use chats + 4 plain chats, 2 steps" in out.stdout
+    assert "[tool-sft] 8 easy tool-use chats + 4 plain chats + 4 copy chats, 2 steps" in out.stdout
+    sft_data = (run_dir / "tool_sft" / "data" / "sft.jsonl").read_text()
+    assert sft_data.count("Repeat exactly: ") == 4 and sft_data.count('"tool_calls"') == 8
     assert "held-out HARD accuracy, with the calculator" in out.stdout
     assert "held-out HARD accuracy, without tools" in out.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
