@@ -17,9 +17,9 @@ def test_grpo_tools_cli(ray_local, tmp_path):
     run_dir = tmp_path / "run"
     args = [sys.executable, str(ROOT / "experiments" / "grpo_tools.py"), f"--run-dir={run_dir}", f"--address={address}",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=60", "--bootstrap.pretrain-steps=1",
-            "--bootstrap.sft-steps=1", "--sft.steps=2", "--sft.batch-size=4", "--sft.n-tool=8", "--sft.n-plain=4", "--sft.n-copy=4",
-            "--sft.n-pretrain-chats=8", "--n-prompts=8", "--eval-size=2", "--no-dashboard", "--no-progress",
-            "--threads=1", "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=6", "--env.max-turns=2",
+            "--bootstrap.sft-steps=1", "--sft.steps=2", "--sft.batch-size=4", "--sft.n-tool=8", "--sft.n-plain=4",
+            "--sft.n-copy=4", "--sft.n-pretrain-chats=8", "--n-prompts=8", "--eval-size=2", "--no-dashboard",
+            "--no-progress", "--threads=1", "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=6", "--env.max-turns=2",
             "--env.max-total-tokens=24", "--driver.prompts-per-step=2", "--driver.steps=2",
             "--reward.extra-turn-penalty=0.05"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

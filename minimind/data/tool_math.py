@@ -16,12 +16,12 @@ multi-digit numbers or a sum of several multi-digit numbers. Copy chats (lists o
 joined by ", ", " " or "; ") teach copying apart from arithmetic and from the call format.
 
 The hard shapes sit at the edge of what the tool-SFT'd demo model copies: it solves some of them
-with the tool (greedy 11-35% per kind in the default runs) and none without, so GRPO has groups with a correct episode to
-reinforce. Measured on the demo model (40-60 held-out problems each, greedy, 400-step tool SFT):
-3-digit x 3-digit products are copied 67-97% of the time already (little left for RL); four-term
-sums of 3/4-digit numbers are never copied, not in 8 samples at temperature 1 either (`5888 + 7932
-+ ...` -> `58 + 72 + ...`), whatever the easy set (sums of 2-8 short terms, chains of two-term
-calls) or copy chats, so RL never sees a reward on them. Hard problems are 0% without the tool.
+with the tool (greedy 11-35% per kind in the default runs) and none without, so GRPO has groups
+with a correct episode to reinforce. Measured on the demo model (40-60 held-out problems each,
+greedy, 400-step tool SFT): 3-digit x 3-digit products are copied 50-100% of the time already
+(little left for RL); four-term sums of 3/4-digit numbers are never copied, not in 8 samples at
+temperature 1 either (`5888 + 7932 + ...` -> `58 + 72 + ...`), whatever the easy set (sums of 2-8
+short terms, chains of two-term calls) or copy chats, so RL never sees a reward on them. Hard problems are 0% without the tool.
 
 SFT chats show the tool-call format on EASY problems only (MiniMind-3 layout: the tool list on the
 user message as `tools`, the call as the assistant's `tool_calls`, the result as a `tool` message,
