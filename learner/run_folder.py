@@ -60,4 +60,5 @@ def resume_hint(ckpt_dir: str | Path, save_flag: str) -> str:
     found = find_checkpoint(ckpt_dir)
     if found is None:
         return f"no checkpoint was saved ({save_flag} saves one every N steps)"
-    return f"--resume continues from the checkpoint at step {json.loads((found / COMPLETE_MARK).read_text()).get('step')}"
+    step = json.loads((found / COMPLETE_MARK).read_text()).get("step")
+    return f"--resume continues from the checkpoint at step {step}"

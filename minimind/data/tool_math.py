@@ -38,21 +38,18 @@ from .synthetic_math import MAX_TRIES, MathProblem, split_of
 DIFFICULTIES = ("easy", "hard")
 
 
-def _product(rng: random.Random, a_digits: tuple[int, int], b_digits: tuple[int, int], level: str) -> MathProblem:
-    a = rng.randint(10 ** (a_digits[0] - 1), 10 ** a_digits[1] - 1)
-    b = rng.randint(max(2, 10 ** (b_digits[0] - 1)), 10 ** b_digits[1] - 1)
-    return _problem(f"What is {a} * {b}?", f"{a} * {b}", a * b, level)
+def _problem(question: str, expression: str, value: int, level: str) -> MathProblem:
+    # the solution field holds the calculator expression (what the tool call carries)
+    return MathProblem(question, str(value), expression, DIFFICULTIES.index(level) + 5)
 
 
-def _sum(rng: random.Random, terms: int, lo: int, hi: int, level: str) -> MathProblem:
-    xs = [rng.randint(lo, hi) for _ in range(terms)]
+def _sum_of(xs: list[int], level: str) -> MathProblem:
     expr = " + ".join(map(str, xs))
     return _problem(f"What is {expr}?", expr, sum(xs), level)
 
 
-def _problem(question: str, expression: str, value: int, level: str) -> MathProblem:
-    # the solution field holds the calculator expression (what the tool call carries)
-    return MathProblem(question, str(value), expression, DIFFICULTIES.index(level) + 5)
+def _product_of(x: int, y: int, level: str) -> MathProblem:
+    return _problem(f"What is {x} * {y}?", f"{x} * {y}", x * y, level)
 
 
 def _number(rng: random.Random, lo: int, hi: int) -> int:
@@ -64,24 +61,21 @@ def _number(rng: random.Random, lo: int, hi: int) -> int:
 def _easy(rng: random.Random) -> MathProblem:
     kind = rng.randrange(3)
     if kind == 0:
-        return _sum_of(rng, [_number(rng, 2, 5) for _ in range(2)], "easy")
+        return _sum_of([_number(rng, 2, 5) for _ in range(2)], "easy")
     if kind == 1:   # short multiplication: one single-digit factor, on either side
         a, d = _number(rng, 2, 5), rng.randint(2, 9)
-        x, y = (a, d) if rng.random() < 0.5 else (d, a)
-        return _problem(f"What is {x} * {y}?", f"{x} * {y}", x * y, "easy")
-    return _sum_of(rng, [_number(rng, 1, 2) for _ in range(rng.randint(2, 4))], "easy")
+        return _product_of(*((a, d) if rng.random() < 0.5 else (d, a)), "easy")
+    return _sum_of([_number(rng, 1, 2) for _ in range(rng.randint(2, 4))], "easy")
 
 
-def _sum_of(rng: random.Random, xs: list[int], level: str) -> MathProblem:
-    expr = " + ".join(map(str, xs))
-    return _problem(f"What is {expr}?", expr, sum(xs), level)
+def _hard(rng: random.Random) -> MathProblem:
+    if rng.random() < 0.5:   # long multiplication: 4-digit x 3-digit
+        a = rng.randint(1000, 9999)
+        return _product_of(a, rng.randint(100, 999), "hard")
+    return _sum_of([rng.randint(100, 999) for _ in range(3)], "hard")   # three 3-digit numbers
 
 
-GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {
-    "easy": lambda rng: _easy(rng),
-    "hard": lambda rng: (_product(rng, (4, 4), (3, 3), "hard") if rng.random() < 0.5
-                         else _sum(rng, 3, 100, 999, "hard")),
-}
+GENERATORS: dict[str, Callable[[random.Random], MathProblem]] = {"easy": _easy, "hard": _hard}
 
 
 def tool_problems(n: int, seed: int, split: str, level: str) -> list[MathProblem]:
