@@ -14,39 +14,34 @@ the int8 rollout's logprob mismatch against the fp32 model on one of its generat
 batch = prompts × G rows decoded together. Default configs per preset: batch 1 (1 prompt, G=1),
 batch 16 (2 prompts × G=8), batch 64 (8 prompts × G=8) and batch 64 as 64 prompts × G=1.
 
-Usage: python bench/generate.py [--quick] [--append] [--presets tiny,minimind2-small]
+Usage: python -m bench.generate [--quick] [--append] [--presets tiny,minimind2-small]
        [--batches 1,16,64] [--group 8] [--new-tokens 128] [--repeats 3] [--vllm auto|on|off] [--int8 on|off]
 """
 from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
-sys.path.insert(0, str(ROOT))
 # Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
 # (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
-from runtime import set_openmp_env  # noqa: E402
+from runtime import set_openmp_env
 
 set_openmp_env(overlapping=False)
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import base_parser, emit, environment, interleaved, log, max_rss_mb, setup  # noqa: E402
-from learner.losses import logprobs_from_logits, mismatch_stats  # noqa: E402
-from minimind.checkpoint import export_hf  # noqa: E402
-from minimind.config import MiniMindConfig, preset  # noqa: E402
-from minimind.generate import SamplingParams, generate  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from minimind.quantize import quantize_int8  # noqa: E402
+from bench.common import base_parser, emit, environment, interleaved, log, max_rss_mb, setup
+from learner.losses import logprobs_from_logits, mismatch_stats
+from minimind.checkpoint import export_hf
+from minimind.config import MiniMindConfig, preset
+from minimind.generate import SamplingParams, generate
+from minimind.model import MiniMindForCausalLM
+from minimind.quantize import quantize_int8
 
 
 def start_vllm(cfg: MiniMindConfig, model: MiniMindForCausalLM, mode: str) -> tuple[object | None, str]:

@@ -10,8 +10,8 @@ updates per batch (ours: epochs x minibatches; TRL: steps_per_generation = minib
 num_iterations = epochs, per_device_train_batch_size = rows / minibatches). Both recompute old
 logprobs and reference logprobs before the updates.
 
-Ours: LearnerActor (rl.recipe.make_learner), one RolloutActor, one RewardActor with
-rl.ray_session.placement() CPU shares and threads = all cores (as start_actors), on a local Ray
+Ours: LearnerActor (recipes.math_rl.make_learner), one RolloutActor, one RewardActor with
+recipes.ray_session.placement() CPU shares and threads = all cores (as start_actors), on a local Ray
 (`ray.init(address="local", num_cpus=2)`). A step is the body of RLDriver.run() in steady state:
 publish weights (learner.weights.remote) -> rollout.generate (waits for that ref, loads it) ->
 reward.score -> learner.train_step; the driver only moves refs and gets stats.
@@ -29,7 +29,7 @@ number of updates). Steps are interleaved: a TrainerCallback runs one of our ste
 boundary, so ratio[i] = ours_i / trl_i is measured back to back. The first --warmup cycles of
 each side are not timed.
 
-Usage: python bench/grpo_step.py [--quick] [--append] [--presets tiny,demo] [--prompts 8] [--group 8]
+Usage: python -m bench.grpo_step [--quick] [--append] [--presets tiny,demo] [--prompts 8] [--group 8]
        [--new-tokens 64] [--minibatches 2] [--epochs 1] [--beta 0.01] [--repeats 3] [--warmup 1] [--no-trl]
 """
 from __future__ import annotations
@@ -42,27 +42,23 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
-sys.path.insert(0, str(ROOT))
 # Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
 # (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
-from runtime import openmp_env, set_openmp_env  # noqa: E402
+from runtime import openmp_env, set_openmp_env
 
 set_openmp_env(overlapping=False)
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import PeakRSS, base_parser, emit, environment, log, max_rss_mb, median, setup  # noqa: E402
-from minimind.checkpoint import export_hf, save_model  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.data import synthetic_math as sm  # noqa: E402
-from minimind.data.datasets import RLPromptDataset  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from minimind.tokenizer import train_tokenizer  # noqa: E402
-from reward.verifier import format_reward, math_reward  # noqa: E402
-from rollout.worker import RolloutWorker  # noqa: E402
+from bench.common import PeakRSS, base_parser, emit, environment, log, max_rss_mb, median, setup
+from minimind.checkpoint import export_hf, save_model
+from minimind.config import preset
+from minimind.data import synthetic_math as sm
+from minimind.data.datasets import RLPromptDataset
+from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import train_tokenizer
+from reward.verifier import format_reward, math_reward
+from rollout.worker import RolloutWorker
 
 LR = 5e-5
 PHASES = ["weight_sync", "generate", "reward", "reference", "learn"]
@@ -128,7 +124,7 @@ def actor_memory(actor) -> dict:
 
 
 class Ours:
-    """Learner / rollout / reward actors as rl.recipe.start_actors builds them (rollout:
+    """Learner / rollout / reward actors as recipes.math_rl.start_actors builds them (rollout:
     NoStopRolloutWorker), driven with RLDriver's own methods."""
 
     def __init__(self, args, init_dir: Path, tok_dir: Path, prompts: list[dict]):
@@ -141,12 +137,12 @@ class Ours:
         from minimind.generate import SamplingParams
         from reward.actor import RewardActor, RewardConfig
         from learner.group import LearnerGroup
-        from rl.actors import ActorGroups, RewardGroup, RolloutGroup
-        from rl.config import GRPOMathConfig
-        from rl.driver import DriverConfig, RLDriver
-        from rl.ray_session import placement
-        from rl.recipe import make_learner, policy_config
-        from rl.samplers import ShuffleSampler
+        from recipes.actors import ActorGroups, RewardGroup, RolloutGroup
+        from recipes.rl_config import GRPOMathConfig
+        from recipes.driver import DriverConfig, RLDriver
+        from recipes.ray_session import placement
+        from recipes.math_rl import make_learner, policy_config
+        from recipes.samplers import ShuffleSampler
         from rollout.worker import RolloutConfig
 
         cfg = GRPOMathConfig(
@@ -410,7 +406,7 @@ def main() -> None:
                         "sampling": "temperature 1, top_k 0, top_p 1, no stop token (exactly new_tokens)",
                         "optimizer": f"AdamW lr {LR} const, betas (0.9,0.95), wd 0, clip 1.0",
                         "loss": "clip 0.2/0.28, token-mean (TRL dapo), group-scaled advantages, k3 KL in loss",
-                        "ours": "LearnerActor + RolloutActor + RewardActor, rl.ray_session placement/threads, "
+                        "ours": "LearnerActor + RolloutActor + RewardActor, recipes.ray_session placement/threads, "
                                 "local Ray (num_cpus = cores)"},
               "results": []}
     try:

@@ -1,7 +1,7 @@
 """Learner update throughput with 1 and 2 data-parallel ranks on the same GRPO batch (learner.group).
 
 The product path: `LearnerGroup.start` (Ray actors, gloo on CPU / NCCL on CUDA) with the learner
-`rl.recipe.make_learner` builds for the default GRPO recipe (policy + frozen reference, AdamW, one
+`recipes.math_rl.make_learner` builds for the default GRPO recipe (policy + frozen reference, AdamW, one
 update per batch, micro-batches of 64 rows), fed one scored batch cut as the reward actors cut it
 (`RolloutBatch.shard`: whole groups per rank, each rank fetching only its part). A step = one
 `train_step`: reference logprobs + forward/backward of the policy + the gradient all-reduce + AdamW.
@@ -16,33 +16,28 @@ Reports per world size: seconds per step (median of --repeats after --warmup), s
 (prompt + response tokens the learner processes), each rank's step time and its time in collectives
 (the all-reduce share of a step), and the speedup of 2 ranks over 1.
 
-Usage: python bench/learner_scaling.py [--preset demo] [--prompts 32] [--group 8] [--new-tokens 40]
+Usage: python -m bench.learner_scaling [--preset demo] [--prompts 32] [--group 8] [--new-tokens 40]
        [--prompt-len 30] [--repeats 3] [--warmup 1] [--device cpu|cuda] [--quick] [--append]
 """
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import base_parser, emit, environment, log, median, setup  # noqa: E402
-from learner.distributed import LearnerGroupConfig  # noqa: E402
-from learner.group import LearnerGroup  # noqa: E402
-from minimind.checkpoint import save_model  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from rl.batch import RolloutBatch  # noqa: E402
-from rl.config import GRPOMathConfig  # noqa: E402
-from rl.recipe import make_learner  # noqa: E402
-from rl.ray_session import init_ray, placement  # noqa: E402
+from bench.common import base_parser, emit, environment, log, median, setup
+from learner.distributed import LearnerGroupConfig
+from learner.group import LearnerGroup
+from minimind.checkpoint import save_model
+from minimind.config import preset
+from minimind.model import MiniMindForCausalLM
+from contract.batch import RolloutBatch
+from recipes.rl_config import GRPOMathConfig
+from recipes.math_rl import make_learner
+from recipes.ray_session import init_ray, placement
 
 
 def make_batch(prompts: int, group: int, prompt_len: int, new_tokens: int, vocab: int, seed: int) -> RolloutBatch:

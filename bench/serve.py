@@ -1,7 +1,7 @@
 """Serving throughput: the Ray Serve app (continuous batching) vs a one-request-at-a-time server.
 
-    python bench/serve.py                         # minimind2-small, random init, concurrency 1, 8, 64
-    python bench/serve.py --preset demo --max-tokens 32 --requests-per-client 2
+    python -m bench.serve                         # minimind2-small, random init, concurrency 1, 8, 64
+    python -m bench.serve --preset demo --max-tokens 32 --requests-per-client 2
 
 Both servers answer the same OpenAI chat requests with the same random-init model, greedily, so
 they produce the same tokens. The baseline is the MiniMind way: a single-threaded HTTP server that
@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -24,17 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import requests
+import torch
 
-import requests  # noqa: E402
-import torch  # noqa: E402
-
-from minimind.checkpoint import load_model, save_model  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.data import synthetic_math as sm  # noqa: E402
-from minimind.generate import SamplingParams, generate  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from minimind.tokenizer import MiniMindTokenizer, train_tokenizer  # noqa: E402
+from minimind.checkpoint import load_model, save_model
+from minimind.config import preset
+from minimind.data import synthetic_math as sm
+from minimind.generate import SamplingParams, generate
+from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import MiniMindTokenizer, train_tokenizer
 
 
 def free_port() -> int:

@@ -12,34 +12,29 @@ T×T score and value products, no causal halving). The peak is measured here wit
 on the same threads (under contention it reads low, so `mfu_vs_nominal` also divides by the
 165 GFLOP/s ENVIRONMENT.md measured on an idle 2-core machine).
 
-Usage: python bench/train.py [--quick] [--append] [--presets minimind2-small,tiny] [--steps 3]
+Usage: python -m bench.train [--quick] [--append] [--presets minimind2-small,tiny] [--steps 3]
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)  # do not let bench/*.py shadow top-level modules
-sys.path.insert(0, str(ROOT))
 # Before torch loads OpenMP: the wait policy our actors use when processes take turns on the cores
 # (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
-from runtime import set_openmp_env  # noqa: E402
+from runtime import set_openmp_env
 
 set_openmp_env(overlapping=False)
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import (base_parser, emit, environment, interleaved, log, matmul_peak_flops,  # noqa: E402
+from bench.common import (base_parser, emit, environment, interleaved, log, matmul_peak_flops,
                           max_rss_mb, setup)
-from learner.config import OptimConfig  # noqa: E402
-from learner.learner import Learner  # noqa: E402
-from learner.stages import LMStage  # noqa: E402
-from minimind.checkpoint import export_hf  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
+from learner.config import OptimConfig
+from learner.learner import Learner
+from learner.stages import LMStage
+from minimind.checkpoint import export_hf
+from minimind.config import preset
+from minimind.model import MiniMindForCausalLM
 
 NOMINAL_PEAK = 165e9  # fp32 GFLOP/s on 2 idle cores (shared/ENVIRONMENT.md)
 SHAPES = {  # (batch, seq) per preset on CPU

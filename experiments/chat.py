@@ -12,12 +12,9 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.cli import parse_config  # noqa: E402
+from recipes.cli import parse_config
 
 
 @dataclass

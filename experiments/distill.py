@@ -8,12 +8,9 @@ tokenizer; saves <run-dir>/final and prints the student held-out accuracy.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import DistillConfig, run_distill, cli_main  # noqa: E402
+from recipes.supervised_config import DistillConfig
+from recipes.supervised import run_distill
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

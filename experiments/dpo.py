@@ -8,12 +8,9 @@ by 1-3. Logs reward_accuracy / reward_margin, saves <run-dir>/final, prints held
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import DPOConfig, run_dpo, cli_main  # noqa: E402
+from recipes.supervised_config import DPOConfig
+from recipes.supervised import run_dpo
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

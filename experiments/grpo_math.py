@@ -20,13 +20,8 @@ All flags: python experiments/grpo_math.py --help
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from rl.config import GRPOMathConfig  # noqa: E402
-from rl.recipe import cli_main  # noqa: E402
+from recipes.rl_config import GRPOMathConfig
+from recipes.math_rl import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

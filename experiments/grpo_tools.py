@@ -12,12 +12,7 @@ tool calls and turns per episode. All flags: python experiments/grpo_tools.py --
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from rl.tools_recipe import cli_main  # noqa: E402
+from recipes.tools_rl import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,12 +8,9 @@ merged model (model.safetensors + config.json + tokenizer) in the same folder, t
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import LoRARecipeConfig, run_lora, cli_main  # noqa: E402
+from recipes.supervised_config import LoRARecipeConfig
+from recipes.supervised import run_lora
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -12,12 +12,9 @@ checkpoint/, final/ (model + tokenizer; the input of experiments/sft.py). `--hel
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import PretrainConfig, run_pretrain, cli_main  # noqa: E402
+from recipes.supervised_config import PretrainConfig
+from recipes.supervised import run_pretrain
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -8,12 +8,9 @@ it) and prints the fraction of held-out TEST pairs whose chosen response scores 
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import RewardModelConfig, run_reward_model, cli_main  # noqa: E402
+from recipes.supervised_config import RewardModelConfig
+from recipes.supervised import run_reward_model
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

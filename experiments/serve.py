@@ -15,12 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.cli import parse_config  # noqa: E402
-from serving.config import ServeConfig  # noqa: E402
+from recipes.cli import parse_config
+from serving.config import ServeConfig
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,12 +10,9 @@ built-in TEST split greedily and prints the exact-match accuracy (also in <run-d
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from learner.recipes import SFTConfig, run_sft, cli_main  # noqa: E402
+from recipes.supervised_config import SFTConfig
+from recipes.supervised import run_sft
+from recipes.supervised_common import cli_main
 
 
 def main(argv: list[str] | None = None) -> dict:

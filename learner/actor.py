@@ -1,6 +1,6 @@
 """The Learner as a Ray actor: same object, remote methods. Batches arrive as object refs
 (Ray resolves top-level ref arguments on the actor), and `weights()` returns a state dict that
-stays in the object store until a rollout worker asks for it. In a learner group (rl.actors) each
+stays in the object store until a rollout worker asks for it. In a learner group (recipes.actors) each
 actor is one data-parallel rank: it joins the group's process group, then builds its Learner."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Callable
 import ray
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 from runtime import tune_malloc
 
 from .distributed import free_port, init_comm

@@ -1,5 +1,5 @@
 """The learner group: one Ray actor per data-parallel learner rank (learner.actor.LearnerWorker),
-joined into one torch.distributed group, behind explicit methods. Used by the RL driver (rl.actors)
+joined into one torch.distributed group, behind explicit methods. Used by the RL driver (recipes.actors)
 and by the supervised recipes when --learner.world-size > 1."""
 from __future__ import annotations
 

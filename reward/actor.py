@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import ray
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from .scorers import CombinedScorer, Component, FormatScorer, MathVerifierScorer, RewardModelScorer
 from .tool_scorers import ExtraTurnPenalty, ToolFormatScorer

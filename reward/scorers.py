@@ -30,7 +30,7 @@ from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from .verifier import AnswerMode, format_reward, math_reward
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 
 class ToolFormatScorer:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from minimind.generate import SamplingParams, left_pad
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from .env.environment import Environment
 

@@ -21,7 +21,7 @@ import torch
 from minimind.config import MiniMindConfig
 from minimind.generate import SamplingParams
 from minimind.tokenizer import MiniMindTokenizer
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 from runtime import tune_malloc
 
 from .engines import EngineName, QuantizeName, make_engine

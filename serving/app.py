@@ -33,7 +33,8 @@ from minimind.tokenizer import MiniMindTokenizer
 
 from .config import ServeConfig
 from .engine import EngineConfig
-from .protocol import APIError, parse_json
+from .errors import APIError
+from .protocol import parse_json
 from .server import ModelServer, load_checkpoint
 
 log = logging.getLogger(__name__)

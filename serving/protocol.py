@@ -10,20 +10,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import APIError
+from .tools import message_tool_calls, parse_tools
+
 ROLES = ("system", "user", "assistant", "tool")
 """Chat roles the MiniMind template renders (tool: a tool result, see serving.tools)."""
-
-
-class APIError(Exception):
-    """An OpenAI-style error: HTTP status + {"error": {"message", "type", "param", "code"}}."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 type: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.message, self.param, self.status, self.type, self.code = message, param, status, type, code
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 @dataclass
@@ -160,8 +151,6 @@ def parse_chat(body: dict, limits: Limits, tok) -> Completion:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise APIError("messages: must be a non-empty list of {role, content} objects", param="messages")
-    from .tools import message_tool_calls, parse_tools   # (serving.tools imports this module)
-
     tools = parse_tools(body)
     clean = []
     for i, m in enumerate(msgs):

@@ -21,7 +21,8 @@ from minimind.tokenizer import MiniMindTokenizer
 
 from .config import ServeConfig
 from .engine import ContinuousEngine, Update
-from .protocol import APIError, Completion, Limits, parse_chat, parse_completion
+from .errors import APIError
+from .protocol import Completion, Limits, parse_chat, parse_completion
 from .tools import tool_message
 
 

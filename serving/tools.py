@@ -20,7 +20,7 @@ from typing import Any
 
 from rollout.env.environment import TOOL_CALL_RE, parse_tool_calls
 
-from .protocol import APIError
+from .errors import APIError
 
 
 def parse_tools(body: dict) -> list[dict] | None:

@@ -1,4 +1,4 @@
-"""learner.cli (dataclass -> argparse) and learner.metrics (jsonl, plots, Ray gauges)."""
+"""recipes.cli (dataclass -> argparse) and learner.metrics (jsonl, plots, Ray gauges)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import pytest
 import torch
 
-from learner.cli import build_parser, config_to_dict, parse_config
+from recipes.cli import build_parser, config_to_dict, parse_config
 from learner.metrics import MetricsLogger, RayMetrics, plot_metrics, read_metrics
 
 
@@ -91,7 +91,7 @@ def test_one_nested_flag_keeps_the_recipe_defaults_of_its_section(tmp_path):
 
 
 def test_math_rl_flags_keep_the_recipe_defaults():
-    from rl.config import GRPOMathConfig
+    from recipes.rl_config import GRPOMathConfig
 
     default = GRPOMathConfig()
     cfg = parse_config(GRPOMathConfig, ["--driver.prompts-per-step", "64", "--rollout.sampling.n", "4",
@@ -103,8 +103,8 @@ def test_math_rl_flags_keep_the_recipe_defaults():
 
 
 def test_renamed_flags_still_work_with_a_warning(capsys):
-    from learner.recipes import SFTConfig
-    from rl.config import GRPOMathConfig
+    from recipes.supervised_config import SFTConfig
+    from recipes.rl_config import GRPOMathConfig
 
     cfg = parse_config(GRPOMathConfig, ["--rollout.group-size", "4", "--grpo.eps-high=0.3", "--grpo.kl-coef", "0"])
     assert (cfg.rollout.sampling.n, cfg.grpo.clip.eps_high, cfg.grpo.kl.coef) == (4, 0.3, 0.0)
@@ -118,7 +118,7 @@ def test_renamed_flags_still_work_with_a_warning(capsys):
 
 def test_help_prints_the_values_the_run_uses(capsys):
     """Nested sections show their recipe's defaults (a default_factory's values), not their class's."""
-    from rl.config import GRPOMathConfig, PPOMathConfig
+    from recipes.rl_config import GRPOMathConfig, PPOMathConfig
 
     with pytest.raises(SystemExit):
         parse_config(GRPOMathConfig, ["--help"])
@@ -136,7 +136,7 @@ def test_help_prints_the_values_the_run_uses(capsys):
 
 
 def test_rl_temperature_zero_is_refused_at_parse_time(capsys):
-    from rl.config import GRPOMathConfig
+    from recipes.rl_config import GRPOMathConfig
 
     with pytest.raises(SystemExit) as e:
         parse_config(GRPOMathConfig, ["--rollout.sampling.temperature", "0"])

@@ -1,8 +1,8 @@
-"""rl.watch.CollapseWatcher on synthetic stats: each collapse signal warns once, naming the step; a
+"""recipes.watch.CollapseWatcher on synthetic stats: each collapse signal warns once, naming the step; a
 healthy run and a run that never scored stay quiet."""
 from __future__ import annotations
 
-from rl.watch import CollapseWatcher
+from recipes.watch import CollapseWatcher
 
 
 def _feed(watcher: CollapseWatcher, rows: list[dict]) -> list[tuple[int, str]]:

@@ -25,18 +25,16 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from learner.actor import LearnerWorker  # noqa: E402
-from learner.config import OptimConfig  # noqa: E402
-from learner.learner import Learner  # noqa: E402
-from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, make_policy_loss  # noqa: E402
-from learner.stages import (DistillStage, DPOStage, GRPOStage, LMStage, PPOStage, RewardModelStage,  # noqa: E402
+from learner.actor import LearnerWorker
+from learner.config import OptimConfig
+from learner.learner import Learner
+from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, make_policy_loss
+from learner.stages import (DistillStage, DPOStage, GRPOStage, LMStage, PPOStage, RewardModelStage,
                             RLUpdateConfig, SPOStage, ZeroVarianceFilter)
-from minimind.config import preset  # noqa: E402
-from minimind.model import IGNORE_INDEX, MiniMindForCausalLM, MiniMindScoreModel  # noqa: E402
-from rl.batch import RolloutBatch  # noqa: E402
+from minimind.config import preset
+from minimind.model import IGNORE_INDEX, MiniMindForCausalLM, MiniMindScoreModel
+from contract.batch import RolloutBatch
 
 VOCAB = 48
 STEPS = 2

@@ -27,8 +27,8 @@ DRIVER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
     import ray
-    import rl.recipe as rr
-    from rl.config import GRPOMathConfig
+    import recipes.math_rl as rr
+    from recipes.rl_config import GRPOMathConfig
 
     port = int(sys.argv[1])
     orig_shutdown = ray.shutdown

@@ -19,7 +19,7 @@ from minimind.data import synthetic_math as sm
 from minimind.generate import GenerationOutput, SamplingParams, left_pad
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
 from minimind.tokenizer import train_tokenizer
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 from rollout.engines import NativeEngine
 from rollout.env import EnvStep, ToolEnv, ToolRegistry, calculator_tool
 from rollout.multiturn import EnvConfig, episodes_to_batch, run_episodes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.ray_session import init_ray
+from recipes.ray_session import init_ray
 from runtime import SPIN_COUNT, openmp_env, set_openmp_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ from typing import get_args
 import pytest
 import torch
 
-from learner.cli import parse_config
+from recipes.cli import parse_config
 from learner.learner import Learner
 from learner.losses import POLICY_LOSSES, CISPOLoss, DAPOLoss, GSPOLoss, PolicyLossName, SPOLoss
 from learner.stages import GRPOStage, RLUpdateConfig
 from minimind.quantize import int8_layers, quantize_int8
-from rl.config import GRPOMathConfig, SPOMathConfig
+from recipes.rl_config import GRPOMathConfig, SPOMathConfig
 from rollout.engines import NativeEngine
 from rollout.worker import RolloutConfig
 from test_rl_stages import _model, _mixed_rewards, _optim, _p_target, _prompts, rollout
@@ -70,7 +70,7 @@ def test_a_section_other_than_the_selected_loss_is_refused(capsys):
 
 
 def test_int8_rollouts_turn_the_correction_on_unless_set():
-    """The default cap is applied in rl.config.MathRLConfig.__post_init__ (INT8_TIS_CAP)."""
+    """The default cap is applied in recipes.rl_config.MathRLConfig.__post_init__ (INT8_TIS_CAP)."""
     assert _cfg().update.tis_cap is None
     assert _cfg("--rollout.quantize", "int8").update.tis_cap == 2.0
     assert _cfg("--rollout.quantize", "int8", "--update.tis-cap", "3").update.tis_cap == 3.0

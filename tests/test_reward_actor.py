@@ -12,7 +12,7 @@ import torch
 from reward.actor import RewardActor, RewardConfig, RewardWorker, build_scorer
 from reward.scorers import (CombinedScorer, Component, FormatScorer, MathVerifierScorer, RewardModelScorer,
                             RowScorer, run_guarded)
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 PAD = 0
 

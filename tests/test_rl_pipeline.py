@@ -30,15 +30,15 @@ from reward.actor import RewardActor, RewardConfig
 from reward.scorers import MathVerifierScorer
 from minimind.generate import SamplingParams
 from learner.group import LearnerGroup
-from rl.actors import ActorGroups, RewardGroup, RolloutGroup
-from rl.batch import RolloutBatch
-from rl.driver import DriverConfig, RLDriver
-from rl.samplers import ShuffleSampler
+from recipes.actors import ActorGroups, RewardGroup, RolloutGroup
+from contract.batch import RolloutBatch
+from recipes.driver import DriverConfig, RLDriver
+from recipes.samplers import ShuffleSampler
 from rollout.worker import RolloutActor, RolloutConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU0 = {"num_cpus": 0}                                  # everything fits a 2-core machine
-RESTART = {"max_restarts": 3, "max_task_retries": 3}    # as rl.recipe.start_actors
+RESTART = {"max_restarts": 3, "max_task_retries": 3}    # as recipes.math_rl.start_actors
 
 
 class FirstTokenEven:
@@ -105,7 +105,7 @@ def _weights(a) -> dict:
 def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     import ray
 
-    import rl.driver as driver_mod
+    import recipes.driver as driver_mod
     w0 = _weights(actors)
     v0 = ray.get(actors.learner.version.remote())
     got: list[str] = []
@@ -261,8 +261,8 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
 
 
 def test_bootstrap_cache_is_reused_only_with_the_same_settings(tmp_path):
-    from rl.bootstrap import BootstrapMismatch, bootstrap_policy
-    from rl.config import BootstrapConfig
+    from recipes.bootstrap import BootstrapMismatch, bootstrap_policy
+    from recipes.rl_config import BootstrapConfig
 
     final = tmp_path / "bootstrap" / "sft" / "final"
     final.mkdir(parents=True)

@@ -20,7 +20,7 @@ from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVa
 from minimind.config import preset
 from minimind.generate import SamplingParams, generate
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 V = 64
 PAD, EOS = 0, 2

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from learner.config import OptimConfig
 from learner.metrics import read_metrics
-from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
+from recipes.supervised_config import PretrainConfig, SFTConfig
+from recipes.supervised import run_pretrain, run_sft
 from minimind.checkpoint import load_model
 from minimind.tokenizer import MiniMindTokenizer
 

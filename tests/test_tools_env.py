@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reward.actor import RewardConfig, RewardWorker
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 from rollout.env import Calculator, CalculatorError, Tool, ToolEnv, ToolRegistry, calculator_tool, parse_tool_calls
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from ..distributed import Comm
 from ..learner import Learner, StepPlan

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from ..experience import Micro
 from ..learner import Learner, StepPlan

@@ -10,7 +10,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from ..experience import Experience, Micro
 from ..learner import Learner

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from minimind.generate import left_pad
-from rl.batch import RolloutBatch
+from contract.batch import RolloutBatch
 
 from ..learner import Learner, StepPlan
 from ..losses import CISPOLoss, GSPOLoss, SPOLoss, SPOTracker, policy_drift, spo_advantages

@@ -15,8 +15,8 @@ from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVa
 from minimind.checkpoint import PthOptions
 from minimind.generate import SamplingParams
 from reward.actor import RewardConfig
-from rl.driver import DriverConfig
-from rl.seeds import derive_seed
+from recipes.driver import DriverConfig
+from recipes.seeds import derive_seed
 from rollout.worker import RolloutConfig
 
 

@@ -9,7 +9,7 @@ from typing import Callable, TypeVar
 
 from minimind.checkpoint import CheckpointError
 
-from .learner import TrainingDiverged
+from learner.learner import TrainingDiverged
 
 T = TypeVar("T")
 

@@ -20,8 +20,8 @@ import ray
 
 from learner.learner import find_checkpoint
 from learner.group import LearnerFailed
-from rl.actors import ActorGroups
-from rl.batch import RolloutBatch
+from recipes.actors import ActorGroups
+from contract.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .learner import COMPLETE_MARK, find_checkpoint
+from learner.learner import COMPLETE_MARK, find_checkpoint
 
 RESULTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "metrics.jsonl", "final", "summary.json")
 """What makes a folder hold an earlier run (checkpoint.tmp/.old: what an interrupted save leaves)."""

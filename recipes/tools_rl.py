@@ -1,6 +1,6 @@
 """Tool-use GRPO on math the model cannot do in its head: what experiments/grpo_tools.py runs.
 
-    bootstrap   the demo policy of rl.bootstrap (pretrain + SFT on built-in math), its pretraining
+    bootstrap   the demo policy of recipes.bootstrap (pretrain + SFT on built-in math), its pretraining
                 text and tokenizer also covering rendered tool-use chats of EASY problems
     tool SFT    the tool-call format on EASY problems (calculator call -> result -> '#### N'), mixed
                 with plain math chats so the policy still answers without tools (cached)
@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
-from learner.cli import parse_config
-from learner.errors import run_or_exit
+from recipes.cli import parse_config
+from recipes.errors import run_or_exit
 from learner.config import OptimConfig
 from minimind.data import synthetic_math as sm
 from minimind.data import tool_math as tm
@@ -29,11 +29,11 @@ from rollout.env import ToolEnv, ToolRegistry, calculator_tool
 from rollout.multiturn import EnvConfig
 from rollout.worker import RolloutConfig
 
-from .bootstrap import BootstrapMismatch, bootstrap_policy
-from .config import BootstrapConfig, GRPOMathConfig
-from .driver import DriverConfig
-from .recipe import Prepared, policy_config, run_math_rl, start_actors
-from .seeds import derive_seed
+from recipes.bootstrap import BootstrapMismatch, bootstrap_policy
+from recipes.rl_config import BootstrapConfig, GRPOMathConfig
+from recipes.driver import DriverConfig
+from recipes.math_rl import Prepared, policy_config, run_math_rl, start_actors
+from recipes.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def tool_registry(cfg: ToolsGRPOConfig) -> ToolRegistry:
 
 def _tool_sft(cfg: ToolsGRPOConfig, base: Path, tools: list[dict]) -> Path:
     """SFT of `base` on the tool format (cached in <run_dir>/tool_sft, reused with the same settings)."""
-    from learner.recipes import SFTConfig, run_sft
+    from recipes.supervised_config import SFTConfig
+    from recipes.supervised import run_sft
 
     root = Path(cfg.run_dir) / "tool_sft"
     final, record = root / "final", root / "settings.json"

@@ -36,13 +36,13 @@ from minimind.data.datasets import BatchIterator
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 
-from ..cli import config_to_dict, parse_config
-from ..errors import RunStopped, run_or_exit
-from ..learner import Learner
-from ..inputs import check_checkpoint_path, check_data_path, check_device
-from ..run_folder import check_run_folder, resume_hint, start_fresh
-from ..supervised import train_loop
-from .config import RecipeConfig
+from recipes.cli import config_to_dict, parse_config
+from recipes.errors import RunStopped, run_or_exit
+from learner.learner import Learner
+from recipes.inputs import check_checkpoint_path, check_data_path, check_device
+from recipes.run_folder import check_run_folder, resume_hint, start_fresh
+from learner.supervised import train_loop
+from recipes.supervised_config import RecipeConfig
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +189,9 @@ def fit_on_ranks(run: Run, learner: Learner, batches: BatchIterator, loop: dict)
     metrics and checkpoints. `learner` ends with rank 0's final weights and step."""
     import ray
 
-    from rl.ray_session import init_ray   # the RL recipes' Ray start-up: loopback only, ended with this process
+    from recipes.ray_session import init_ray   # the RL recipes' Ray start-up: loopback only, ended with this process
 
-    from ..group import LearnerFailed, LearnerGroup
+    from learner.group import LearnerFailed, LearnerGroup
 
     cfg = run.cfg
     n = cfg.learner.world_size

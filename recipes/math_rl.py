@@ -2,9 +2,9 @@
 
     prepare      tokenizer + starting policy (--init, else the cached bootstrap), train/test prompts
     actors       LearnerActor ("learner"), RolloutActor x N ("rollout-i"), RewardActor x M ("reward-j"),
-                 wrapped in actor groups (rl.actors); fractional GPUs with CUDA, CPU shares otherwise
-    driver       rl.driver.RLDriver moves object refs; this module only sees stats
-    report       held-out accuracy before/after, metrics.jsonl, curves.png, summary (rl.report)
+                 wrapped in actor groups (recipes.actors); fractional GPUs with CUDA, CPU shares otherwise
+    driver       recipes.driver.RLDriver moves object refs; this module only sees stats
+    report       held-out accuracy before/after, metrics.jsonl, curves.png, summary (recipes.report)
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from learner.cli import config_to_dict, parse_config
-from learner.errors import RunStopped, run_or_exit
+from recipes.cli import config_to_dict, parse_config
+from recipes.errors import RunStopped, run_or_exit
 from learner.group import LearnerFailed, LearnerGroup, actor_death
-from learner.inputs import check_checkpoint_path, check_data_path, check_device
+from recipes.inputs import check_checkpoint_path, check_data_path, check_device
 from learner.learner import Learner, find_checkpoint
-from learner.run_folder import check_run_folder, resume_hint, start_fresh
+from recipes.run_folder import check_run_folder, resume_hint, start_fresh
 from learner.metrics import MetricsLogger, plot_metrics
 from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
 from minimind.config import MiniMindConfig
@@ -34,16 +34,16 @@ from minimind.data.datasets import RLPromptDataset
 from minimind.model import MiniMindScoreModel
 from minimind.tokenizer import MiniMindTokenizer, check_fits
 
-from .actors import ActorGroups, RewardGroup, RolloutGroup
-from .bootstrap import bootstrap_policy
-from .config import MathRLConfig
-from .driver import RLDriver, summarize_groups
-from .ray_session import init_ray, placement, print_placement, resolve_device
-from .prometheus import prometheus_binary, ray_targets, start_prometheus
-from .report import actors_peak_memory, print_summary, summarize_run
-from .samplers import ShuffleSampler, WeightedSampler
-from .seeds import derive_seed
-from .watch import CollapseWatcher
+from recipes.actors import ActorGroups, RewardGroup, RolloutGroup
+from recipes.bootstrap import bootstrap_policy
+from recipes.rl_config import MathRLConfig
+from recipes.driver import RLDriver, summarize_groups
+from recipes.ray_session import init_ray, placement, print_placement, resolve_device
+from recipes.prometheus import prometheus_binary, ray_targets, start_prometheus
+from recipes.report import actors_peak_memory, print_summary, summarize_run
+from recipes.samplers import ShuffleSampler, WeightedSampler
+from recipes.seeds import derive_seed
+from recipes.watch import CollapseWatcher
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def stopped(reason: str, ckpt_dir: str, step: int) -> RunStopped:
 def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepare,
                 start_fn: Callable[[Any, Prepared, str], ActorGroups] = start_actors) -> dict[str, Any]:
     """The whole run; `prepare_fn` / `start_fn` replace the data preparation and the actor start-up
-    (rl.tools_recipe: tool-use prompts and multi-turn rollout workers)."""
+    (recipes.tools_rl: tool-use prompts and multi-turn rollout workers)."""
     import ray
 
     t_start = time.perf_counter()

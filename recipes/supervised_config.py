@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from minimind.checkpoint import PthOptions
 
-from ..config import OptimConfig
-from ..distributed import LearnerGroupConfig
+from learner.config import OptimConfig
+from learner.distributed import LearnerGroupConfig
 
 
 @dataclass

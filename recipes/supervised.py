@@ -1,5 +1,5 @@
 """The supervised recipes: each `run_<stage>(cfg)` says only what is particular to its stage (model,
-dataset, Stage, what to save and evaluate); the shared path is in learner/recipes/common.py."""
+dataset, Stage, what to save and evaluate); the shared path is in recipes/supervised_common.py."""
 from __future__ import annotations
 
 import copy
@@ -13,10 +13,10 @@ from minimind.lora import LoRAConfig as LoRAAdapterConfig
 from minimind.lora import apply_lora, merge_lora, save_lora
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
 
-from ..stages import DistillStage, DPOStage, LMStage, RewardModelStage
-from .common import chat_data, fit, load_init, prepare, result, save_final, skipped_lines_report
-from .config import DistillConfig, DPOConfig, LoRARecipeConfig, PretrainConfig, RewardModelConfig, SFTConfig
-from .evaluate import heldout_problems, pair_accuracy, report_eval
+from learner.stages import DistillStage, DPOStage, LMStage, RewardModelStage
+from recipes.supervised_common import chat_data, fit, load_init, prepare, result, save_final, skipped_lines_report
+from recipes.supervised_config import DistillConfig, DPOConfig, LoRARecipeConfig, PretrainConfig, RewardModelConfig, SFTConfig
+from recipes.evaluate import heldout_problems, pair_accuracy, report_eval
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:

@@ -10,9 +10,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
-from learner.recipes import PretrainConfig, SFTConfig, run_pretrain, run_sft
+from recipes.supervised_config import PretrainConfig, SFTConfig
+from recipes.supervised import run_pretrain, run_sft
 
-from .config import BootstrapConfig
+from recipes.rl_config import BootstrapConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: b
 def _corpus_with(root: Path, cfg: BootstrapConfig, seed: int, extra: Sequence[str]) -> tuple[str, str]:
     """(pretrain jsonl, tokenizer folder): the built-in pretraining text of (n_train, seed) plus
     `extra`, and a tokenizer trained on exactly that text, as the pretrain recipe trains its own."""
-    from learner.recipes.config import PretrainConfig as _P
+    from recipes.supervised_config import PretrainConfig as _P
     from minimind.data import synthetic_math as sm
     from minimind.tokenizer import train_tokenizer
 

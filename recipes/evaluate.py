@@ -17,7 +17,7 @@ from minimind.model import MiniMindForCausalLM, MiniMindScoreModel, last_token_v
 from minimind.tokenizer import MiniMindTokenizer
 
 if TYPE_CHECKING:
-    from .common import Run
+    from recipes.supervised_common import Run
 
 
 def heldout_problems(n: int, seed: int) -> list[sm.MathProblem]:

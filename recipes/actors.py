@@ -8,7 +8,7 @@ from typing import Any
 import ray
 
 from learner.group import LearnerGroup
-from rl.seeds import derive_seed
+from recipes.seeds import derive_seed
 
 
 @dataclass
