@@ -149,7 +149,10 @@ class RolloutBatch:
         )
 
 
-EPISODE_FIELDS = ("response_attn", "turns", "tool_calls", "tool_errors")
+EPISODE_COUNTS = ("turns", "tool_calls", "tool_errors")
+"""Per-episode counts of multi-turn batches (the stats that report how episodes used their tools)."""
+
+EPISODE_FIELDS = ("response_attn",) + EPISODE_COUNTS
 """The per-row fields of multi-turn episodes (None together on single-turn batches)."""
 
 

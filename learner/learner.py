@@ -29,6 +29,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from contract.stats import Reduce, maximum, reduction, total
+
 from .config import OptimConfig
 from .distributed import Comm
 
@@ -60,60 +62,59 @@ class Stage(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-MAX_STATS = frozenset({"logprob_gap", "mismatch_abs_max", "reference_seconds"})
-"""Stats reduced by max over a step (a bound; the slowest rank's time), not by a weighted mean."""
-
-SUM_STATS = frozenset({"rows"})
-"""Batch stats that add up over learner ranks (the others are row-weighted means)."""
-
-
 def micro_tokens(micro: Any) -> float:
     """The weight of a micro-batch's stats: its loss-carrying tokens (rows for pairwise losses)."""
     return float(micro.tokens if hasattr(micro, "tokens") else micro["tokens"])
 
 
 class StatReducer:
-    """Stats of every micro-batch of a step, reduced once: token-weighted means (max for MAX_STATS)."""
+    """Stats of every micro-batch of a step, reduced once, each by its own `Reduce` (contract.stats):
+    means weighted by the micro-batch's tokens, maxima, sums."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
         self.weights: dict[str, float] = {}
-        self.maxes: dict[str, float] = {}
+        self.how: dict[str, Reduce] = {}
 
     def add(self, stats: dict[str, float], tokens: float) -> None:
         for k, v in stats.items():
-            if k in MAX_STATS:
-                self.maxes[k] = max(self.maxes.get(k, -math.inf), float(v))
+            how = self.how.setdefault(k, reduction(v))
+            if how is Reduce.MAX:
+                self.sums[k] = max(self.sums.get(k, -math.inf), float(v))
+            elif how is Reduce.SUM:
+                self.sums[k] = self.sums.get(k, 0.0) + float(v)
             else:
                 self.sums[k] = self.sums.get(k, 0.0) + tokens * float(v)
                 self.weights[k] = self.weights.get(k, 0.0) + tokens
 
     def merge(self, other: "StatReducer") -> None:
         for k, v in other.sums.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-            self.weights[k] = self.weights.get(k, 0.0) + other.weights[k]
-        for k, v in other.maxes.items():
-            self.maxes[k] = max(self.maxes.get(k, -math.inf), v)
+            how = self.how.setdefault(k, other.how[k])
+            if how is Reduce.MAX:
+                self.sums[k] = max(self.sums.get(k, -math.inf), v)
+            else:
+                self.sums[k] = self.sums.get(k, 0.0) + v
+                if how is Reduce.MEAN:
+                    self.weights[k] = self.weights.get(k, 0.0) + other.weights[k]
 
     def result(self) -> dict[str, float]:
-        out = {k: v / self.weights[k] if self.weights[k] > 0 else 0.0 for k, v in self.sums.items()}
-        out.update(self.maxes)
-        return out
+        return {k: (v / self.weights[k] if self.weights[k] > 0 else 0.0) if self.how[k] is Reduce.MEAN else v
+                for k, v in self.sums.items()}
 
 
 def merge_batch_stats(parts: list[dict[str, float]]) -> dict[str, float]:
-    """Every rank's plan stats as one learner's: counts summed, bounds maxed, the rest weighted by
-    each rank's rows (a rank's `rows`; 1 each where a stage reports none)."""
+    """Every rank's plan stats as one learner's, each by its own `Reduce`: sums, maxima, and means
+    weighted by each rank's rows (a rank's `rows`; 1 each where a stage reports none)."""
     if len(parts) == 1:
         return parts[0]
     out: dict[str, float] = {}
-    keys = {k for p in parts for k in p}
-    for k in keys:
+    for k in {k for p in parts for k in p}:
         vals = [(p[k], p.get("rows", 1.0)) for p in parts if k in p]
-        if k in SUM_STATS:
-            out[k] = sum(v for v, _ in vals)
-        elif k in MAX_STATS:
-            out[k] = max(v for v, _ in vals)
+        how = reduction(vals[0][0])
+        if how is Reduce.SUM:
+            out[k] = total(sum(v for v, _ in vals))
+        elif how is Reduce.MAX:
+            out[k] = maximum(max(v for v, _ in vals))
         else:
             w = sum(n for _, n in vals)
             out[k] = sum(v * n for v, n in vals) / w if w > 0 else sum(v for v, _ in vals) / len(vals)

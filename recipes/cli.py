@@ -21,10 +21,6 @@ Help text is the field's ``metadata={"help": ...}`` or else its attribute docstr
 string literal written right under the field, the style used in ``minimind/config.py``),
 followed by the default.
 
-Renamed flags: a config class may list ``deprecated_flags = {"old_name": "new.name"}`` (a
-ClassVar, names relative to that class); the old flag still works for one release, with a warning
-on stderr naming the new one.
-
 ``--config run.json`` loads a JSON object (nested objects for nested dataclasses) whose
 values override the dataclass defaults; flags on the command line override the file.
 The dataclass' ``__post_init__`` runs on construction; a ``ValueError`` it raises is
@@ -401,34 +397,6 @@ def _build(cls: type, file_values: dict[str, Any], cli_values: dict[str, Any],
     return cls(**kwargs)
 
 
-def _deprecated(cls: type, prefix: tuple[str, ...] = ()) -> dict[str, str]:
-    """Old dest -> new dest for `cls` and its nested sections (from their `deprecated_flags`)."""
-    out = {".".join(prefix + (old,)): ".".join(prefix + (new,))
-           for old, new in getattr(cls, "deprecated_flags", {}).items()}
-    for f, tp in _init_fields(cls):
-        sub = _nested_cls(tp)
-        if sub is not None:
-            out.update(_deprecated(sub, prefix + (f.name,)))
-    return out
-
-
-def _rewrite_deprecated(cls: type, argv: list[str]) -> list[str]:
-    renamed = _deprecated(cls)
-    if not renamed:
-        return argv
-    out = []
-    for tok in argv:
-        if tok.startswith("--"):
-            name, eq, value = tok[2:].partition("=")
-            new = renamed.get(name.replace("-", "_"))
-            if new is not None:
-                new_flag = "--" + new.replace("_", "-")
-                print(f"warning: --{name} is deprecated and will be removed; use {new_flag}", file=sys.stderr)
-                tok = new_flag + eq + value
-        out.append(tok)
-    return out
-
-
 def parse_config(cls: type[T], argv: list[str] | None = None,
                  description: str | None = None) -> T:
     """Parse ``argv`` (default ``sys.argv[1:]``) into an instance of the dataclass ``cls``.
@@ -438,7 +406,7 @@ def parse_config(cls: type[T], argv: list[str] | None = None,
     config file) go through ``parser.error``: usage + message on stderr, SystemExit(2).
     """
     parser = build_parser(cls, description)
-    ns = parser.parse_args(_rewrite_deprecated(cls, sys.argv[1:] if argv is None else list(argv)))
+    ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     cli_values = {k: v for k, v in vars(ns).items() if k != "config"}
     file_values: dict[str, Any] = {}
     if ns.config is not None:

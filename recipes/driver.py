@@ -21,7 +21,7 @@ import ray
 from learner.learner import find_checkpoint
 from learner.group import LearnerFailed
 from recipes.actors import ActorGroups
-from contract.batch import RolloutBatch
+from contract.batch import EPISODE_COUNTS, RolloutBatch
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,8 @@ def summarize(batch: RolloutBatch) -> dict[str, float]:
     info.update(reward_mean=float(batch.rewards.mean()), rows=float(len(batch)),
                 response_length=float(batch.response_mask.sum(1).mean()))
     if batch.multiturn:   # tool-use episodes: how they used the tools
-        info.update({k: float(getattr(batch, k).float().mean()) for k in EPISODE_STATS})
+        info.update({k: float(getattr(batch, k).float().mean()) for k in EPISODE_COUNTS})
     return info
-
-
-EPISODE_STATS = ("turns", "tool_calls", "tool_errors")
-"""Per-episode counts of multi-turn batches that evaluations report (as <mode>_<name>)."""
 
 
 @ray.remote(num_cpus=0)
@@ -146,7 +142,7 @@ class RLDriver:
             mean = lambda key: sum(s.get(key, 0.0) * s["rows"] for s in stats) / rows  # noqa: E731
             out.update({f"{name}_accuracy": mean("accuracy"), f"{name}_reward": mean("reward_mean"),
                         f"{name}_response_length": mean("response_length")})
-            out.update({f"{name}_{k}": mean(k) for k in EPISODE_STATS if all(k in s for s in stats)})
+            out.update({f"{name}_{k}": mean(k) for k in EPISODE_COUNTS if all(k in s for s in stats)})
         return out
 
     # ------------------------------------------------------------------ training

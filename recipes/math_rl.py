@@ -103,7 +103,8 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(derive_seed(cfg.seed, "learner"))
     policy = load_model(init, dtype=torch.float32, **cfg.pth.kwargs())
-    ref = copy.deepcopy(policy)  # same weights: no second read and parse of the checkpoint
+    # same weights: no second read and parse of the checkpoint; none when no KL term reads it
+    ref = copy.deepcopy(policy) if cfg.policy_loss.kl.needs_reference else None
     critic = None
     if cfg.algo == "ppo":
         critic = MiniMindScoreModel(policy.config)

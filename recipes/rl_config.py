@@ -49,8 +49,6 @@ def _optim() -> OptimConfig:
 class MathRLConfig:
     """What every math RL recipe shares (see GRPOMathConfig, PPOMathConfig, SPOMathConfig)."""
     algo: ClassVar[str] = "rl"
-    deprecated_flags: ClassVar[dict[str, str]] = {"driver.seed": "seed", "update.seed": "seed",
-                                                  "rollout.seed": "seed"}
 
     run_dir: str = "runs/grpo_math"
     """Output folder (metrics.jsonl, curves.png, summary.json, final/, checkpoint/, bootstrap/)."""
@@ -161,6 +159,11 @@ class MathRLConfig:
         """The loss the run trains with (the algorithm's own unless --loss chose another)."""
         return getattr(self, "loss", self.algo)
 
+    @property
+    def policy_loss(self) -> Any:
+        """The loss section the run trains with (its `kl` says whether a reference model is needed)."""
+        return getattr(self, self.loss_name)
+
     def check_loss_sections(self) -> None:
         """Only the --loss section may differ from its defaults: a flag of another loss's section would
         be ignored silently."""
@@ -187,13 +190,6 @@ def _grpo_loss() -> GRPOLoss:
 class GRPOMathConfig(MathRLConfig):
     """GRPO on verifiable math: G samples per prompt, group-normalised advantages."""
     algo: ClassVar[str] = "grpo"
-    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
-                                                  "grpo.eps_low": "grpo.clip.eps_low",
-                                                  "grpo.eps_high": "grpo.clip.eps_high",
-                                                  "grpo.dual_clip": "grpo.clip.dual_clip",
-                                                  "grpo.agg_mode": "grpo.clip.agg_mode",
-                                                  "grpo.kl_coef": "grpo.kl.coef", "grpo.kl_kind": "grpo.kl.kind",
-                                                  "grpo.kl_in_reward": "grpo.kl.in_reward"}
     loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {
         "grpo": _grpo_loss, "dr_grpo": DrGRPOLoss, "dapo": DAPOLoss, "gspo": GSPOLoss, "cispo": CISPOLoss}
     loss: PolicyLossName = "grpo"
@@ -221,11 +217,6 @@ class GRPOMathConfig(MathRLConfig):
         if self.filter_zero_variance is None:
             self.filter_zero_variance = dynamic_sampling(self.policy_loss)
 
-    @property
-    def policy_loss(self) -> Any:
-        """The --loss section: the loss the GRPO stage trains with."""
-        return getattr(self, self.loss)
-
     def stage(self) -> GRPOStage:
         return GRPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
                          filter=ZeroVarianceFilter() if self.filter_zero_variance else None)
@@ -235,10 +226,6 @@ class GRPOMathConfig(MathRLConfig):
 class PPOMathConfig(MathRLConfig):
     """PPO on verifiable math: a critic as the baseline, GAE, KL in the per-token reward."""
     algo: ClassVar[str] = "ppo"
-    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
-                                                  "ppo.eps_low": "ppo.clip.eps_low", "ppo.eps_high": "ppo.clip.eps_high",
-                                                  "ppo.dual_clip": "ppo.clip.dual_clip",
-                                                  "ppo.agg_mode": "ppo.clip.agg_mode", "ppo.kl_coef": "ppo.kl.coef"}
     # ~256 sampled responses per step like GRPO: 64 prompts x 4 (the critic is the baseline, groups
     # are not needed); a step costs more (critic), so 60 steps keep the wall time near GRPO's
     run_dir: str = "runs/ppo_math"
@@ -248,7 +235,7 @@ class PPOMathConfig(MathRLConfig):
     ppo: PPOLoss = field(default_factory=PPOLoss)
 
     def stage(self) -> PPOStage:
-        return PPOStage(loss_fn=self.ppo, update=self.update, seed=self.update_seed())
+        return PPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed())
 
 
 @dataclass
@@ -256,8 +243,6 @@ class SPOMathConfig(MathRLConfig):
     """SPO on verifiable math: one sample per prompt, a persistent per-prompt Beta tracker baseline,
     prompts sampled where the policy is most uncertain."""
     algo: ClassVar[str] = "spo"
-    deprecated_flags: ClassVar[dict[str, str]] = {**MathRLConfig.deprecated_flags,
-                                                  "spo_init_samples": "init_samples", "spo_prompts": "prompts"}
     run_dir: str = "runs/spo_math"
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
@@ -287,5 +272,5 @@ class SPOMathConfig(MathRLConfig):
         SPOTracker(self.d_half, self.rho_min, self.rho_max)  # validates the tracker settings
 
     def stage(self) -> SPOStage:
-        return SPOStage(loss_fn=getattr(self, self.loss), update=self.update, seed=self.update_seed(),
+        return SPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
                         tracker=SPOTracker(self.d_half, self.rho_min, self.rho_max))

@@ -4,7 +4,6 @@ defaults as dataclass values, so `--help` prints what the run uses."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from minimind.checkpoint import PthOptions
 
@@ -15,9 +14,6 @@ from learner.distributed import LearnerGroupConfig
 @dataclass
 class RecipeConfig:
     """Settings every supervised recipe shares."""
-    deprecated_flags: ClassVar[dict[str, str]] = {
-        name: f"optim.{name}" for name in ("lr", "warmup_steps", "min_lr_ratio", "weight_decay", "grad_clip",
-                                           "micro_batch_size", "max_bad_steps")}
     run_dir: str = "runs/pretrain"
     """Output folder: metrics.jsonl, curves.png, checkpoint/, final/, data/, tokenizer/."""
     preset: str = "demo"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import ray
 import torch
@@ -29,9 +28,6 @@ from .engines import EngineName, QuantizeName, make_engine
 
 @dataclass
 class RolloutConfig:
-    deprecated_flags: ClassVar[dict[str, str]] = {
-        "group_size": "sampling.n", "max_new_tokens": "sampling.max_new_tokens",
-        "temperature": "sampling.temperature", "top_p": "sampling.top_p", "top_k": "sampling.top_k"}
 
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, max_new_tokens=64))
     """How the policy samples: n is the group size G; temperature, top-p/top-k (1.0 / 0 for RL, so

@@ -70,7 +70,7 @@ def test_custom_metrics_are_exported_on_rays_metrics_endpoint(tmp_path):
     args = [sys.executable, str(script), str(port), f"--run-dir={tmp_path / 'run'}",
             "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
             "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=4", "--no-progress", "--threads=1",
-            "--rollout.group-size=2", "--rollout.max-new-tokens=8", "--driver.prompts-per-step=2",
+            "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=8", "--driver.prompts-per-step=2",
             "--driver.steps=2"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(MINIMIND_TEST_HOLD_S="25", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # loopback only

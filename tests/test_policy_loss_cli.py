@@ -44,6 +44,8 @@ def test_dapo_and_int8_cispo_runs(ray_local, tmp_path):
     row = _train_rows(dapo)[0]
     # dynamic sampling: either informative groups were trained on, or every refill was spent looking
     assert row.get("zero_var_frac") == 0.0 or row.get("refills") == 2, row
+    # DAPO has no KL term: no reference model is built and no reference forward runs
+    assert "reference_seconds" not in row and "kl" not in row, row
 
     int8 = tmp_path / "int8"
     out = _grpo_math(int8, address, *FAST, "--driver.steps=2", "--loss=cispo", "--rollout.quantize=int8",
@@ -57,3 +59,4 @@ def test_dapo_and_int8_cispo_runs(ray_local, tmp_path):
         assert 1e-5 < r["mismatch_abs_mean"] <= r["mismatch_abs_max"] < 0.5, r
         assert 0 <= r["tis_truncated_frac"] <= 1 and abs(r["tis_weight_mean"] - 1) < 0.1, r
         assert "is_weight_mean" in r                                 # CISPO's own statistics
+        assert r["kl"] >= 0 and r["reference_seconds"] > 0, r        # CISPO's KL (coef 0.1) reads the reference

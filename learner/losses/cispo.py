@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from contract.stats import maximum
+
 from .config import KLConfig
 from .core import AggMode, AllSum, _enum, aggregate, apply_weights, masked_mean, to_float
 from .grpo import LOG_RATIO_CLAMP, KLTerm, group_advantages
@@ -92,6 +94,6 @@ class CISPOLoss(KLTerm):
                      "clip_frac": to_float(masked_mean((w != ratio).to(m.dtype), m)),
                      "is_weight_mean": to_float(masked_mean(w, m)),
                      "ratio_mean": to_float(masked_mean(ratio, m)),
-                     "ratio_max": to_float(ratio.masked_fill(m == 0, -torch.inf).max()) if has else 1.0,
+                     "ratio_max": maximum(ratio.masked_fill(m == 0, -torch.inf).max()) if has else 1.0,
                      "approx_kl": to_float(masked_mean((ratio - 1.0) - log_ratio, m))}
         return self.with_kl(pg, stats, logp, ref_logp, mask, self.agg_mode, agg), stats

@@ -42,6 +42,12 @@ class KLConfig:
             raise ValueError(f"kl coef={self.coef}: must be >= 0")
 
     @property
+    def needs_reference(self) -> bool:
+        """A KL term (in the loss or the reward) reads the frozen reference; with coef 0 nothing does, and
+        the recipes build no reference model and run no reference forward."""
+        return self.coef > 0
+
+    @property
     def in_loss(self) -> bool:
         return self.coef > 0 and not self.in_reward
 

@@ -22,6 +22,8 @@ from enum import Enum
 
 import torch
 
+from contract.stats import maximum
+
 from .config import ClipConfig, KLConfig
 from .core import (AggMode, AllSum, KLKind, _enum, aggregate, apply_weights, global_mean_var, kl_estimate, masked_mean,
                    to_float)
@@ -173,7 +175,7 @@ def policy_loss(
             "clip_frac": to_float(masked_mean(clipped.to(m.dtype), m)),
             "dual_clip_frac": to_float(masked_mean(dual_active.to(m.dtype), m)),
             "ratio_mean": to_float(masked_mean(ratio, m)),
-            "ratio_max": to_float(ratio.masked_fill(m == 0, -torch.inf).max()) if has else 1.0,
+            "ratio_max": maximum(ratio.masked_fill(m == 0, -torch.inf).max()) if has else 1.0,
             "approx_kl": to_float(masked_mean((ratio - 1.0) - log_ratio, m)),
         }
     return loss, stats

@@ -141,7 +141,7 @@ class PPOLoss:
         self,
         score: torch.Tensor,
         old_logp: torch.Tensor,
-        ref_logp: torch.Tensor,
+        ref_logp: torch.Tensor | None,
         values: torch.Tensor,
         mask: torch.Tensor,
         all_sum: AllSum | None = None,
@@ -149,7 +149,10 @@ class PPOLoss:
         """Full-batch (advantages [B,T], returns [B,T]); advantages whitened over the mask when
         ``whiten_advantages`` (returns are computed from the un-whitened advantages), over every
         learner rank's rows with ``all_sum``."""
-        rewards = ppo_token_rewards(score, old_logp, ref_logp, mask, self.kl.coef)
+        if ref_logp is None and self.kl.needs_reference:
+            raise ValueError(f"PPO kl coef={self.kl.coef} > 0 puts a KL in the reward but ref_logp is None: keep a "
+                             f"reference model or set --ppo.kl.coef 0")
+        rewards = ppo_token_rewards(score, old_logp, old_logp if ref_logp is None else ref_logp, mask, self.kl.coef)
         adv, ret = gae(rewards, values, mask, self.gamma, self.lam)
         if self.whiten_advantages:
             adv = masked_whiten(adv, mask, shift_mean=True, all_sum=all_sum)

@@ -24,6 +24,8 @@ from enum import Enum
 
 import torch
 
+from contract.stats import maximum
+
 from .core import _enum, masked_mean, to_float
 from .grpo import LOG_RATIO_CLAMP
 
@@ -47,7 +49,7 @@ def mismatch_stats(old_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: tor
     has = bool(m.sum() > 0)
     return {
         "mismatch_abs_mean": to_float(masked_mean(d.abs(), m)),
-        "mismatch_abs_max": to_float((d.abs() * m).max()) if has else 0.0,
+        "mismatch_abs_max": maximum((d.abs() * m).max()) if has else 0.0,
         "mismatch_kl": to_float(masked_mean(torch.exp(d) - d - 1.0, m)),
     }
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import torch
 
 from contract.batch import RolloutBatch
+from contract.stats import total
 
 from ..distributed import Comm
 from ..learner import Learner, StepPlan
@@ -63,7 +64,7 @@ class GRPOStage(RLStage):
             kept, need_more = self.filter(batch, learner.comm)
             if kept is None:
                 stats = {"reward_mean": float(batch.rewards.mean()) if len(batch) else 0.0,
-                         "skipped_groups": 1.0, "rows": float(len(batch))}
+                         "skipped_groups": 1.0, "rows": total(len(batch))}
                 return StepPlan([], stats, need_more)
             batch = kept
         one = self.update.single_update and not self.loss_fn.kl.in_advantages

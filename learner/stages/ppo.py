@@ -35,8 +35,8 @@ class PPOStage(RLStage):
         return [learner.model, learner.critic]
 
     def plan(self, learner: Learner, batch: RolloutBatch) -> StepPlan:
-        if learner.ref_model is None:
-            raise ValueError("PPO needs a frozen reference model for its KL reward")
+        if learner.ref_model is None and self.loss_fn.kl.needs_reference:
+            raise ValueError(f"PPO with kl coef={self.loss_fn.kl.coef} needs a frozen reference model for its KL reward")
         exp, stats = self.experience(learner, batch)
         with torch.no_grad():
             exp.old_values = (critic_values(learner.critic, exp.seq, exp.attn, exp.response_len) if len(exp)
@@ -45,7 +45,7 @@ class PPOStage(RLStage):
         exp.adv, exp.returns = self.loss_fn.compute_advantages(
             batch.rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.old_values, exp.mask, all_sum=all_sum)
         stats = self.batch_stats(batch, stats)
-        if len(batch):
+        if len(batch) and exp.ref_logp is not None:
             stats["kl"] = float(masked_mean(exp.old_logp - exp.ref_logp, exp.mask))
         return StepPlan(self.minibatches(learner, exp), stats)
 

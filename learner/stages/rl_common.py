@@ -10,7 +10,8 @@ from typing import Iterator, Literal
 
 import torch
 
-from contract.batch import RolloutBatch
+from contract.batch import EPISODE_COUNTS, RolloutBatch
+from contract.stats import maximum, total
 
 from ..experience import Experience, Micro
 from ..learner import Learner
@@ -88,11 +89,11 @@ class RLStage(StageBase):
                 old = score(learner.model)
                 learner.model.train()
                 if len(exp):
-                    stats["logprob_gap"] = float(((old - exp.rollout_logp).abs() * exp.mask).max())
-            t_ref = time.perf_counter()
+                    stats["logprob_gap"] = maximum(((old - exp.rollout_logp).abs() * exp.mask).max())
             if learner.ref_model is not None:
+                t_ref = time.perf_counter()
                 exp.ref_logp = score(learner.ref_model)
-            stats["reference_seconds"] = time.perf_counter() - t_ref
+                stats["reference_seconds"] = maximum(time.perf_counter() - t_ref)
         if self.update.use_rollout_logprobs or batch.stale:
             exp.old_logp = exp.rollout_logp
         elif recompute:
@@ -151,7 +152,7 @@ class RLStage(StageBase):
             old = e.old_logp
         else:
             old = logp.detach()
-            stats["logprob_gap"] = float(((old - e.rollout_logp).abs() * e.mask).max())
+            stats["logprob_gap"] = maximum(((old - e.rollout_logp).abs() * e.mask).max())
         weights = None
         if self.update.tis_cap:
             weights, tis = tis_weights(old, e.rollout_logp, e.mask, self.update.tis_cap, self.update.tis_level)
@@ -171,10 +172,10 @@ class RLStage(StageBase):
     def batch_stats(batch: RolloutBatch, stats: dict[str, float]) -> dict[str, float]:
         """Row means of the batch this rank trains (the learner weights them by `rows` over ranks)."""
         if not len(batch):
-            return {**stats, "rows": 0.0}
+            return {**stats, "rows": total(0)}
         mask = batch.response_mask
         out = {**stats, "reward_mean": float(batch.rewards.mean()),
-               "response_length": float(mask.sum(1).mean()), "rows": float(len(batch))}
+               "response_length": float(mask.sum(1).mean()), "rows": total(len(batch))}
         if batch.multiturn:   # tool-use episodes: turns and calls per episode
-            out.update({k: float(getattr(batch, k).float().mean()) for k in ("turns", "tool_calls", "tool_errors")})
+            out.update({k: float(getattr(batch, k).float().mean()) for k in EPISODE_COUNTS})
         return out
