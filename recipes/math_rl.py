@@ -221,6 +221,7 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     (recipes.tools_rl: tool-use prompts and multi-turn rollout workers)."""
     import ray
 
+    cfg = cfg.resolved()   # the settings left to the run, made explicit (config.json records them)
     t_start = time.perf_counter()
     run_dir = Path(cfg.run_dir)
     ckpt_dir = check_start(cfg)

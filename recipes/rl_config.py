@@ -38,6 +38,11 @@ INT8_TIS_CAP = 2.0
 """--update.tis-cap an int8 rollout gets when the cap is left at none."""
 
 
+def _math_rollout(n: int) -> RolloutConfig:
+    """The math recipes' sampling, stated once for GRPO, PPO and SPO: n per prompt, 40 new tokens."""
+    return RolloutConfig(SamplingParams(n=n, max_new_tokens=40))
+
+
 def _optim() -> OptimConfig:
     # cosine to 10%: a constant lr leaves the last policy wherever the noise of its final steps put it.
     # Micro-batches of 64 rows: the same gradient (token counts are global), but the learner holds the
@@ -120,7 +125,7 @@ class MathRLConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     pth: PthOptions = field(default_factory=PthOptions)
     optim: OptimConfig = field(default_factory=_optim)
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=8, max_new_tokens=40)))
+    rollout: RolloutConfig = field(default_factory=lambda: _math_rollout(8))
     reward: RewardConfig = field(default_factory=RewardConfig)
     driver: DriverConfig = field(default_factory=DriverConfig)
     learner: LearnerGroupConfig = field(default_factory=LearnerGroupConfig)
@@ -132,10 +137,6 @@ class MathRLConfig:
     """--loss NAME -> the default of its section (the field of the same name); empty: one loss."""
 
     def __post_init__(self) -> None:
-        # an int8 rollout samples from a slightly different policy than the fp32 learner trains:
-        # correct it unless the user chose a cap (or 0, off) — stated in --update.tis-cap's help
-        if self.rollout.quantize == "int8" and self.update.tis_cap is None and not self.update.use_rollout_logprobs:
-            self.update = replace(self.update, tis_cap=INT8_TIS_CAP)
         if self.loss_sections:
             self.check_loss_sections()
         if self.rollout_workers < 1 or self.reward_workers < 1:
@@ -148,6 +149,16 @@ class MathRLConfig:
         if self.eval_size < 0 or self.eval_samples < 0 or self.n_prompts < 1:
             raise ValueError(f"--eval-size={self.eval_size} and --eval-samples={self.eval_samples} must be "
                              f">= 0, --n-prompts={self.n_prompts} >= 1")
+
+    def resolved(self) -> "MathRLConfig":
+        """A copy with every setting left to the run (`none`) made explicit: what the run uses and what
+        config.json records. Fields are never rewritten in place (`__post_init__` only validates)."""
+        update = self.update
+        # an int8 rollout samples from a slightly different policy than the fp32 learner trains:
+        # correct it unless the user chose a cap (or 0, off) — stated in --update.tis-cap's help
+        if self.rollout.quantize == "int8" and update.tis_cap is None and not update.use_rollout_logprobs:
+            update = replace(update, tis_cap=INT8_TIS_CAP)
+        return replace(self, update=update)
 
     @property
     def updates(self) -> int:
@@ -214,8 +225,12 @@ class GRPOMathConfig(MathRLConfig):
             self.dr_grpo = replace(self.dr_grpo, max_response_len=budget)
         if self.dapo.overlong_max_len is None and self.loss == "dapo":
             self.dapo = replace(self.dapo, overlong_max_len=budget)
-        if self.filter_zero_variance is None:
-            self.filter_zero_variance = dynamic_sampling(self.policy_loss)
+
+    def resolved(self) -> "GRPOMathConfig":
+        out = super().resolved()
+        if out.filter_zero_variance is None:
+            out = replace(out, filter_zero_variance=dynamic_sampling(out.policy_loss))
+        return out
 
     def stage(self) -> GRPOStage:
         return GRPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
@@ -229,7 +244,7 @@ class PPOMathConfig(MathRLConfig):
     # ~256 sampled responses per step like GRPO: 64 prompts x 4 (the critic is the baseline, groups
     # are not needed); a step costs more (critic), so 60 steps keep the wall time near GRPO's
     run_dir: str = "runs/ppo_math"
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=4, max_new_tokens=40)))
+    rollout: RolloutConfig = field(default_factory=lambda: _math_rollout(4))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=64))
     update: RLUpdateConfig = field(default_factory=lambda: RLUpdateConfig(minibatches=4))
     ppo: PPOLoss = field(default_factory=PPOLoss)
@@ -244,7 +259,7 @@ class SPOMathConfig(MathRLConfig):
     prompts sampled where the policy is most uncertain."""
     algo: ClassVar[str] = "spo"
     run_dir: str = "runs/spo_math"
-    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(SamplingParams(n=1, max_new_tokens=40)))
+    rollout: RolloutConfig = field(default_factory=lambda: _math_rollout(1))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
     loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {"spo": SPOLoss, "cispo": CISPOLoss, "gspo": GSPOLoss}
     loss: Literal["spo", "cispo", "gspo"] = "spo"

@@ -74,8 +74,9 @@ class ToolsGRPOConfig(GRPOMathConfig):
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(answer_mode="hash", format_weight=0.0,
                                                                       tool_format_weight=0.1))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=40, prompts_per_step=16))
+    # micro-batches of 64 rows as grpo_math's: the same gradient, one micro-batch of activations held at a time
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=0, min_lr_ratio=0.1,
-                                                                   weight_decay=0.0))
+                                                                   weight_decay=0.0, micro_batch_size=64))
     algo: ClassVar[str] = "grpo"
 
     def __post_init__(self) -> None:

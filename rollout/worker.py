@@ -29,7 +29,7 @@ from .engines import EngineName, QuantizeName, make_engine
 @dataclass
 class RolloutConfig:
 
-    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(n=8, max_new_tokens=64))
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     """How the policy samples: n is the group size G; temperature, top-p/top-k (1.0 / 0 for RL, so
     the logprobs are those of the full softmax). The tokenizer's end-of-turn token always stops a
     response; seeds come from the run's --seed."""

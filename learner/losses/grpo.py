@@ -240,7 +240,7 @@ class ClippedPolicyLoss(KLTerm):
     defaults. ``weights`` are the truncated importance weights (policy term only)."""
 
     clip: ClipConfig = field(default_factory=ClipConfig)
-    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
+    kl: KLConfig = field(default_factory=KLConfig)
 
     def __call__(
         self,
@@ -264,6 +264,9 @@ class ClippedPolicyLoss(KLTerm):
 @dataclass
 class GRPOLoss(ClippedPolicyLoss):
     """GRPO (Shao et al. 2024): group-normalised advantages and the clipped policy loss + KL."""
+
+    kl: KLConfig = field(default_factory=lambda: KLConfig(coef=0.04))
+    """KL to the reference in the loss, the paper's beta 0.04."""
 
     adv_scale: str = "group"
     """Advantage scale: group (std of the prompt's G samples), batch, or none (Dr.GRPO; use with
