@@ -27,9 +27,8 @@ class RolloutBatch:
     response_text: list[str]            # [B] decoded responses (special tokens stripped)
     temperature: float = 1.0            # sampling temperature of every row: the learner scores the
                                         #   tokens under this same distribution
-    policy_version: int = 0             # learner weight version the rollout sampled with
-    stale: bool = False                 # set by the learner: sampled with weights older than its
-                                        #   current ones, so the rollout logprobs are the behaviour policy
+    policy_version: int = 0             # the driver's serial of the weights the rollout sampled with (the
+                                        #   learner compares it with what it last published: stale or not)
     rewards: torch.Tensor | None = None # [B] float32, filled by the reward actor
     reward_info: dict[str, Any] = field(default_factory=dict)  # per-component means, error counts
     meta: dict[str, Any] = field(default_factory=dict)         # timings, engine name, ...
@@ -41,9 +40,9 @@ class RolloutBatch:
     turns: torch.Tensor | None = None          # [B] int64, assistant turns of the episode
     tool_calls: torch.Tensor | None = None     # [B] int64, tool calls made (well-formed or not)
     tool_errors: torch.Tensor | None = None    # [B] int64, calls that failed (malformed, tool error, timeout)
-    # learner ranks: where each row sits in the step's whole batch. `shard` sets the row's place in the
-    # batch it was cut from; the learner adds which batch of the step that was (row ids then sort into
-    # one learner's row order, whatever rank holds the row)
+    # where each row sits among the rows of a run: set by the producer (rollout call << 40, worker << 24,
+    # row), kept through select/shard/concat, so row ids sort into one learner's row order whatever
+    # learner rank holds the row; the minibatch shuffle permutes that order
     row_id: torch.Tensor | None = None         # [B] int64
 
     def __len__(self) -> int:
@@ -95,9 +94,8 @@ class RolloutBatch:
         for r in range(n):
             idx = [i for i, u in enumerate(self.group_uid.tolist()) if part_of[u] == r]
             part = self.select(idx)
-            part.row_id = torch.tensor(idx, dtype=torch.long)
-            part.meta = {**self.meta, "batch_rows": len(self)}
-            parts.append(part)
+            row_id = part.row_id if part.row_id is not None else torch.tensor(idx, dtype=torch.long)
+            parts.append(replace(part, row_id=row_id, meta={**self.meta, "batch_rows": len(self)}))
         return parts
 
     @staticmethod
@@ -140,7 +138,6 @@ class RolloutBatch:
             response_text=sum((b.response_text for b in batches), []),
             temperature=temps.pop(),
             policy_version=min(b.policy_version for b in batches),
-            stale=any(b.stale for b in batches),
             rewards=rewards,
             reward_info=_merge_info([b.reward_info for b in batches], [len(b) for b in batches]),
             meta=_merge_info([b.meta for b in batches], [len(b) for b in batches]),

@@ -44,9 +44,6 @@ class LearnerWorker:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.factory, self.rank, self.world_size = factory, rank, world_size
         self.learner = factory() if world_size == 1 else None   # a rank builds it once the group has joined
-        self.published = -1   # version serial of the last weights() handed to rollouts
-        self.dirty = False    # trained since that publication
-        self.calls = 0        # train_step calls: with the batch index and row, each row's place in the step
 
     def rendezvous(self) -> tuple[str, int]:
         """Rank 0: the address and a free port the group's process group meets at."""
@@ -65,17 +62,10 @@ class LearnerWorker:
         return where
 
     def train_step(self, *batches: RolloutBatch) -> dict[str, float]:
-        # Sampled with weights other than the current ones (off-policy, or after a refill): the
-        # rollout's own logprobs are the behaviour policy, so they become the PPO "old".
-        stale = self.dirty or any(b.policy_version != self.published for b in batches)
-        self.calls += 1
-        for i, b in enumerate(batches):   # (call, batch, row): one learner's row order, on every rank
-            local = b.row_id if b.row_id is not None else torch.arange(len(b))
-            b.row_id = (self.calls << 40) + (i << 24) + local
+        # the batches are read, never written: row ids and policy versions come from their producers
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
-        batch.stale = stale
+        stale = self.learner.is_stale(batch)   # sampled with other weights (off-policy, or after a refill)
         stats = self.learner.train_step(batch)
-        self.dirty = self.dirty or stats.get("updates", 0) > 0
         stats["stale"] = float(stale)
         stats.update(rollout_stats(batches))
         stats["version"] = self.learner.version
@@ -85,7 +75,7 @@ class LearnerWorker:
         """Current policy state dict, published as `version` (the driver's serial). Every rank of a
         group notes the publication; rank 0 returns the weights (the others None)."""
         if version is not None:
-            self.published, self.dirty = version, False
+            self.learner.publish(version)
         return self.learner.weights() if self.rank == 0 else None
 
     def fit(self, batches: Any, steps: int, run_dir: str, **loop: Any) -> tuple[dict[str, float], dict | None]:

@@ -203,6 +203,8 @@ class Learner:
         self.version = 0           # bumped on every update: the policy version rollouts quote
         self.bad_steps = 0
         self.last_good_ckpt: Path | None = None
+        self.published: int | None = None   # the driver's serial of the weights rollouts last got (None: never)
+        self.dirty = False                  # updated since that publication
         if self.optim_cfg.lr > stage.max_sane_lr:
             log.warning("lr=%g is unusually high for stage %r (typical <= %g); expect divergence",
                         self.optim_cfg.lr, stage.name, stage.max_sane_lr)
@@ -255,6 +257,7 @@ class Learner:
             out.update(loss=sum(losses) / len(losses), grad_norm=sum(norms) / len(norms))
         if skipped:
             out["skipped"] = float(skipped)
+        self.dirty = self.dirty or len(losses) > skipped
         out.update(need_more=float(plan.need_more), updates=len(losses) - skipped,
                    lr=self.optimizer.param_groups[0]["lr"], learn_seconds=time.perf_counter() - t0, step=self.step)
         return out
@@ -321,6 +324,18 @@ class Learner:
                 f"(loss={loss}, grad_norm={grad_norm}); restored {restored}. Lower the lr or check the data.")
 
     # ------------------------------------------------------------------ helpers for stages
+    def publish(self, version: int) -> None:
+        """The current weights go to the rollouts as `version` (the driver's serial)."""
+        self.published, self.dirty = version, False
+
+    def is_stale(self, batch: Any) -> bool:
+        """Sampled with weights other than the current ones (an older publication, or updates since it):
+        the rollout's own logprobs are then the behaviour policy. Read from the batch's
+        `policy_version`, set by its producer; never written into the batch."""
+        if self.published is None:   # used directly, without rollouts: batches are the caller's business
+            return False
+        return self.dirty or getattr(batch, "policy_version", self.published) != self.published
+
     def weights(self) -> dict[str, torch.Tensor]:
         """Policy state dict on CPU (what rollout workers load), tied weights kept once."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}

@@ -16,17 +16,18 @@ class RolloutGroup:
     actors: list   # rollout.worker.RolloutActor handles
 
     def generate(self, prompts: list[dict], weights: ray.ObjectRef, version: int, seed_parts: tuple,
-                 sampling: dict | None = None) -> list[ray.ObjectRef]:
+                 sampling: dict | None = None, call: int = 0) -> list[ray.ObjectRef]:
         """Prompts split over the workers; each worker's call gets its own seed, derived from
-        `seed_parts` (the run seed, the stream, the driver's call counter) and the worker index
-        -> refs of RolloutBatches."""
+        `seed_parts` (the run seed, the stream, the driver's call counter) and the worker index, and
+        its rows the ids (call << 40) + (worker << 24) + row -> refs of RolloutBatches."""
         k = len(self.actors)
         refs = []
         for i in range(k):
             shard = prompts[i::k]
             if shard:
                 refs.append(self.actors[i].generate.remote(shard, [weights], version,
-                                                           derive_seed(*seed_parts, i), sampling))
+                                                           derive_seed(*seed_parts, i), sampling,
+                                                           (call << 40) + (i << 24)))
         return refs
 
 

@@ -105,7 +105,8 @@ class RLDriver:
     def _generate(self, prompts: list[dict], sampling: dict | None, stream: str) -> list[ray.ObjectRef]:
         call = self.calls.get(stream, 0)
         self.calls[stream] = call + 1
-        return self.actors.rollouts.generate(prompts, self.weights_ref, self.version, (self.seed, stream, call), sampling)
+        return self.actors.rollouts.generate(prompts, self.weights_ref, self.version, (self.seed, stream, call), sampling,
+                                             call=call)
 
     def launch_training(self) -> list[list[ray.ObjectRef]]:
         """The next training prompts through rollout -> reward, each scored batch cut into one part per

@@ -150,15 +150,19 @@ class MathRLConfig:
             raise ValueError(f"--eval-size={self.eval_size} and --eval-samples={self.eval_samples} must be "
                              f">= 0, --n-prompts={self.n_prompts} >= 1")
 
+    @property
+    def run_update(self) -> RLUpdateConfig:
+        """--update as the run applies it: an int8 rollout samples from a slightly different policy than
+        the fp32 learner trains, so it is corrected unless the user chose a cap (or 0, off)."""
+        u = self.update
+        if self.rollout.quantize == "int8" and u.tis_cap is None and not u.use_rollout_logprobs:
+            return replace(u, tis_cap=INT8_TIS_CAP)
+        return u
+
     def resolved(self) -> "MathRLConfig":
-        """A copy with every setting left to the run (`none`) made explicit: what the run uses and what
-        config.json records. Fields are never rewritten in place (`__post_init__` only validates)."""
-        update = self.update
-        # an int8 rollout samples from a slightly different policy than the fp32 learner trains:
-        # correct it unless the user chose a cap (or 0, off) — stated in --update.tis-cap's help
-        if self.rollout.quantize == "int8" and update.tis_cap is None and not update.use_rollout_logprobs:
-            update = replace(update, tis_cap=INT8_TIS_CAP)
-        return replace(self, update=update)
+        """A copy with every setting left to the run (`none`) made explicit: what config.json records.
+        Fields are never rewritten in place (`__post_init__` only validates)."""
+        return replace(self, update=self.run_update)
 
     @property
     def updates(self) -> int:
@@ -226,15 +230,19 @@ class GRPOMathConfig(MathRLConfig):
         if self.dapo.overlong_max_len is None and self.loss == "dapo":
             self.dapo = replace(self.dapo, overlong_max_len=budget)
 
+    @property
+    def filters_zero_variance(self) -> bool:
+        """--filter-zero-variance as the run applies it (none: the loss's own dynamic sampling)."""
+        if self.filter_zero_variance is None:
+            return dynamic_sampling(self.policy_loss)
+        return self.filter_zero_variance
+
     def resolved(self) -> "GRPOMathConfig":
-        out = super().resolved()
-        if out.filter_zero_variance is None:
-            out = replace(out, filter_zero_variance=dynamic_sampling(out.policy_loss))
-        return out
+        return replace(super().resolved(), filter_zero_variance=self.filters_zero_variance)
 
     def stage(self) -> GRPOStage:
-        return GRPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
-                         filter=ZeroVarianceFilter() if self.filter_zero_variance else None)
+        return GRPOStage(loss_fn=self.policy_loss, update=self.run_update, seed=self.update_seed(),
+                         filter=ZeroVarianceFilter() if self.filters_zero_variance else None)
 
 
 @dataclass
@@ -250,7 +258,7 @@ class PPOMathConfig(MathRLConfig):
     ppo: PPOLoss = field(default_factory=PPOLoss)
 
     def stage(self) -> PPOStage:
-        return PPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed())
+        return PPOStage(loss_fn=self.policy_loss, update=self.run_update, seed=self.update_seed())
 
 
 @dataclass
@@ -287,5 +295,5 @@ class SPOMathConfig(MathRLConfig):
         SPOTracker(self.d_half, self.rho_min, self.rho_max)  # validates the tracker settings
 
     def stage(self) -> SPOStage:
-        return SPOStage(loss_fn=self.policy_loss, update=self.update, seed=self.update_seed(),
+        return SPOStage(loss_fn=self.policy_loss, update=self.run_update, seed=self.update_seed(),
                         tracker=SPOTracker(self.d_half, self.rho_min, self.rho_max))

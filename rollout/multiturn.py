@@ -146,7 +146,7 @@ def run_episodes(engine: Any, tok: Any, env: Environment, prompts: list[dict], p
 
 def episodes_to_batch(episodes: list[Episode], tok: Any, group_uid: list[int], keys: list[str],
                       answers: list[str], temperature: float, version: int,
-                      meta: dict[str, Any] | None = None) -> RolloutBatch:
+                      meta: dict[str, Any] | None = None, row_base: int = 0) -> RolloutBatch:
     """The typed batch of finished episodes: prompts left-padded, responses right-padded."""
     prompt_ids, prompt_mask = left_pad([e.prompt for e in episodes], tok.pad_id)
     B, R = len(episodes), max(1, max(len(e.tokens) for e in episodes))
@@ -168,5 +168,5 @@ def episodes_to_batch(episodes: list[Episode], tok: Any, group_uid: list[int], k
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=ids, response_mask=mask, logprobs=lps,
         group_uid=torch.tensor(group_uid, dtype=torch.long), prompt_keys=keys, answers=answers,
         response_text=tok.batch_decode([e.tokens for e in episodes]), temperature=temperature,
-        policy_version=version, meta=info, response_attn=attn, turns=count("turns"), tool_calls=count("calls"),
+        policy_version=version, row_id=row_base + torch.arange(B), meta=info, response_attn=attn, turns=count("turns"), tool_calls=count("calls"),
         tool_errors=count("errors"))

@@ -31,7 +31,7 @@ class ToolRolloutWorker(RolloutWorker):
         self.env_cfg = env_cfg or EnvConfig()
 
     def generate(self, prompts: list[dict], weights: list, version: int, seed: int,
-                 sampling: dict | None = None):
+                 sampling: dict | None = None, row_base: int = 0):
         sync_s = self.set_weights(weights, version)
         params = dataclasses.replace(self.cfg.sampling, **(sampling or {}), seed=seed,
                                      stop_token_ids=tuple(sorted({*self.cfg.sampling.stop_token_ids,
@@ -41,7 +41,8 @@ class ToolRolloutWorker(RolloutWorker):
         return episodes_to_batch(
             episodes, self.tok, rep([int(p["uid"]) for p in prompts]), rep([p["key"] for p in prompts]),
             rep([p.get("answer", "") for p in prompts]), params.temperature, version,
-            meta={**stats, "weight_sync_seconds": sync_s, "worker": self.index, "engine": self.engine.name})
+            meta={**stats, "weight_sync_seconds": sync_s, "worker": self.index, "engine": self.engine.name},
+            row_base=row_base)
 
 
 ToolRolloutActor = ray.remote(ToolRolloutWorker)

@@ -80,9 +80,10 @@ class RolloutWorker:
         return time.perf_counter() - t0
 
     def generate(self, prompts: list[dict], weights: list, version: int, seed: int,
-                 sampling: dict | None = None) -> RolloutBatch:
+                 sampling: dict | None = None, row_base: int = 0) -> RolloutBatch:
         """prompts: [{"prompt": chat-templated text, "key": str, "answer": str, "uid": int}].
-        `sampling` overrides SamplingParams fields for this call (e.g. greedy evaluation, n=1)."""
+        `sampling` overrides SamplingParams fields for this call (e.g. greedy evaluation, n=1); rows get
+        the ids row_base, row_base + 1, ... (the driver's place for this call among the run's rows)."""
         sync_s = self.set_weights(weights, version)
         params = dataclasses.replace(self.cfg.sampling, **(sampling or {}), seed=seed,
                                      stop_token_ids=tuple(sorted({*self.cfg.sampling.stop_token_ids,
@@ -99,6 +100,7 @@ class RolloutWorker:
             group_uid=torch.tensor(rep([int(p["uid"]) for p in prompts]), dtype=torch.long),
             prompt_keys=rep([p["key"] for p in prompts]), answers=rep([p.get("answer", "") for p in prompts]),
             response_text=texts, temperature=params.temperature, policy_version=version,
+            row_id=row_base + torch.arange(len(texts)),
             meta={"generate_seconds": out.seconds, "weight_sync_seconds": sync_s, "new_tokens": out.new_tokens,
                   "worker": self.index, "engine": self.engine.name},
         )

@@ -131,7 +131,8 @@ def scored_batches(case: str, step: int) -> list[RolloutBatch]:
         out.append(RolloutBatch(
             prompt_ids=ids(P) * prompt_mask, prompt_mask=prompt_mask, response_ids=ids(R) * response_mask.long(),
             response_mask=response_mask, logprobs=-torch.rand(B, R, generator=g) * response_mask, group_uid=uid,
-            prompt_keys=keys, answers=[""] * B, response_text=[""] * B, rewards=rewards))
+            prompt_keys=keys, answers=[""] * B, response_text=[""] * B, rewards=rewards,
+            row_id=(step << 40) + (b << 24) + torch.arange(B)))   # as the rollout workers number their rows
     return out
 
 

@@ -70,14 +70,16 @@ def test_a_section_other_than_the_selected_loss_is_refused(capsys):
 
 
 def test_int8_rollouts_turn_the_correction_on_unless_set():
-    """The default cap is applied in recipes.rl_config.MathRLConfig.__post_init__ (INT8_TIS_CAP)."""
-    assert _cfg().update.tis_cap is None
-    assert _cfg("--rollout.quantize", "int8").update.tis_cap == 2.0
-    assert _cfg("--rollout.quantize", "int8", "--update.tis-cap", "3").update.tis_cap == 3.0
+    """The default cap is what the stage trains with (MathRLConfig.run_update, INT8_TIS_CAP); the
+    --update field keeps what the user said, and the resolved config (config.json) records the cap."""
+    assert _cfg().stage().update.tis_cap is None
+    int8 = _cfg("--rollout.quantize", "int8")
+    assert int8.update.tis_cap is None and int8.stage().update.tis_cap == 2.0 and int8.resolved().update.tis_cap == 2.0
+    assert _cfg("--rollout.quantize", "int8", "--update.tis-cap", "3").stage().update.tis_cap == 3.0
     off = _cfg("--rollout.quantize", "int8", "--update.tis-cap", "0")
     assert off.update.tis_cap == 0 and not off.stage().update.tis_cap
     assert _cfg("--update.tis-cap", "1.5", "--update.tis-level", "sequence").stage().update.tis_level == "sequence"
-    assert _cfg("--rollout.quantize", "int8", "--update.use-rollout-logprobs").update.tis_cap is None
+    assert _cfg("--rollout.quantize", "int8", "--update.use-rollout-logprobs").stage().update.tis_cap is None
     with pytest.raises(ValueError, match="weights would all be 1"):
         RLUpdateConfig(tis_cap=2.0, use_rollout_logprobs=True)
     with pytest.raises(ValueError, match="tis-cap=0.5"):

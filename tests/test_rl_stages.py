@@ -7,20 +7,19 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from contract.batch import RolloutBatch
 from learner.config import OptimConfig
 from learner.learner import Learner
-from dataclasses import replace
-
 from learner.losses import GRPOLoss, KLConfig, PPOLoss, SPOTracker
 from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter, response_logprobs
 from minimind.config import preset
 from minimind.generate import SamplingParams, generate
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
-from contract.batch import RolloutBatch
 
 V = 64
 PAD, EOS = 0, 2
@@ -137,10 +136,11 @@ def test_one_on_policy_update_takes_old_logprobs_from_its_own_forward():
 
 def test_stale_batch_trains_against_the_behaviour_logprobs_without_a_recompute():
     model = _model()
-    batch = rollout(model, _prompts(3), G=2, seed=5, rewards=torch.rand(6))
-    batch.stale = True
+    batch = rollout(model, _prompts(3), G=2, seed=5, rewards=torch.rand(6))   # sampled with version 0
     stage = GRPOStage(update=RLUpdateConfig(minibatches=2))
     learner = Learner(_perturbed(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    learner.publish(1)                       # the learner has moved on: version 1 is what rollouts now get
+    assert learner.is_stale(batch)
     forwards = _count_forwards(learner.model.model)
     exp, stats = stage.experience(learner, batch)
     assert forwards[0] == 0 and "logprob_gap" not in stats
@@ -151,13 +151,14 @@ def test_stale_flag_survives_zero_variance_filtering():
     """Off-policy + filtering: the kept groups of a stale batch are concatenated for the update and
     must still train against the behaviour policy (the flag used to be lost in the concat)."""
     model = _model()
-    stale = _grouped_batch(model, [True, False], uid_base=0, seed=12)
-    stale.stale = True
-    fresh = _grouped_batch(model, [True, True], uid_base=100, seed=13)
+    stale = replace(_grouped_batch(model, [True, False], uid_base=0, seed=12), policy_version=0)
+    fresh = replace(_grouped_batch(model, [True, True], uid_base=100, seed=13), policy_version=1)
     merged = RolloutBatch.concat([stale.select(torch.arange(4)), fresh])
-    assert merged.stale and merged.temperature == 1.0
+    assert merged.policy_version == 0 and merged.temperature == 1.0
     stage = GRPOStage(filter=ZeroVarianceFilter(target_groups=3))
     learner = Learner(_perturbed(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    learner.publish(1)
+    assert learner.is_stale(merged) and not learner.is_stale(fresh)
     assert learner.train_step(stale)["need_more"] == 1.0       # 1 informative group of the 3 wanted
     s = learner.train_step(fresh)
     assert s["updates"] == 1 and s["rows"] == 12.0

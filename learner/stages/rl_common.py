@@ -74,13 +74,17 @@ class RLStage(StageBase):
                              f"train on sampled rollouts (temperature > 0)")
         dev = learner.device
         row_id = batch.row_id if batch.row_id is not None else torch.arange(len(batch))
+        if learner.comm.distributed and (batch.row_id is None or len(torch.unique(row_id)) < len(row_id)):
+            raise ValueError("learner ranks need every row's id in the step's batch, unique (RolloutBatch.row_id, "
+                             "set by the rollout worker): got " + ("none" if batch.row_id is None else "repeats"))
         exp = Experience(seq=batch.sequences.to(dev), attn=batch.attention_mask.to(dev),
                          mask=batch.response_mask.to(dev), rollout_logp=batch.logprobs.to(dev),
                          temperature=batch.temperature, row_id=row_id.to(dev))
         stats: dict[str, float] = {}
         R = exp.response_len
         # stale: the weights moved since sampling, a recomputation would measure nothing
-        recompute = not (old_from_update or batch.stale)
+        stale = learner.is_stale(batch)
+        recompute = not (old_from_update or stale)
         score = lambda model: (response_logprobs(model, exp.seq, exp.attn, R, exp.temperature) if len(exp)  # noqa: E731
                                else torch.zeros_like(exp.rollout_logp))   # a learner rank with no rows this step
         with torch.no_grad(), learner.autocast():
@@ -94,7 +98,7 @@ class RLStage(StageBase):
                 t_ref = time.perf_counter()
                 exp.ref_logp = score(learner.ref_model)
                 stats["reference_seconds"] = maximum(time.perf_counter() - t_ref)
-        if self.update.use_rollout_logprobs or batch.stale:
+        if self.update.use_rollout_logprobs or stale:
             exp.old_logp = exp.rollout_logp
         elif recompute:
             exp.old_logp = old
