@@ -5,6 +5,7 @@ values the run uses). Every option is stated once: sampling in `rollout.sampling
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, Callable, ClassVar, Literal
 
 from learner.config import OptimConfig
@@ -51,6 +52,9 @@ class MathRLConfig:
     algo: ClassVar[str] = "rl"
     deprecated_flags: ClassVar[dict[str, str]] = {"driver.seed": "seed", "update.seed": "seed",
                                                   "rollout.seed": "seed"}
+    response_budget_field: ClassVar[str] = "rollout.sampling.max_new_tokens"
+    """The setting that bounds a whole response: one turn's cap here; a multi-turn recipe names its
+    episode budget (Dr.GRPO's and DAPO's lengths derive from it)."""
 
     run_dir: str = "runs/grpo_math"
     """Output folder (metrics.jsonl, curves.png, summary.json, final/, checkpoint/, bootstrap/)."""
@@ -152,6 +156,11 @@ class MathRLConfig:
                              f">= 0, --n-prompts={self.n_prompts} >= 1")
 
     @property
+    def response_budget(self) -> int:
+        """The longest response a rollout returns (the value of response_budget_field)."""
+        return attrgetter(self.response_budget_field)(self)
+
+    @property
     def updates(self) -> int:
         """Optimizer updates of the whole run (the lr schedule spans them)."""
         return self.driver.steps * self.update.epochs * self.update.minibatches
@@ -212,10 +221,13 @@ class GRPOMathConfig(MathRLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # the constant lengths of Dr.GRPO and DAPO are the generation budget unless given
-        budget = self.rollout.sampling.max_new_tokens
+        # the constant lengths of Dr.GRPO and DAPO are the response budget unless given
+        budget, flag = self.response_budget, "--" + self.response_budget_field.replace("_", "-")
         if self.dr_grpo.max_response_len is None and self.loss == "dr_grpo":
             self.dr_grpo = replace(self.dr_grpo, max_response_len=budget)
+        if self.loss == "dr_grpo" and self.dr_grpo.max_response_len < budget:
+            raise ValueError(f"--dr-grpo.max-response-len={self.dr_grpo.max_response_len} is below {flag}={budget}, "
+                             f"the longest response the rollout returns: leave it at none to use {flag}")
         if self.dapo.overlong_max_len is None and self.loss == "dapo":
             self.dapo = replace(self.dapo, overlong_max_len=budget)
         if self.filter_zero_variance is None:

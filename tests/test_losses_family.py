@@ -89,20 +89,20 @@ def test_dapo_overlong_reward_matches_the_paper_piecewise_function():
 
 
 def test_dapo_advantages_shape_rewards_before_group_normalisation():
-    mask = torch.zeros(4, 10)
-    for row, n in enumerate([3, 9, 10, 3]):
-        mask[row, :n] = 1
+    lengths = torch.tensor([3, 9, 10, 3])
     r = torch.tensor([1.0, 1.0, 1.0, 0.0])
     uid = torch.tensor([0, 0, 0, 1])
     loss = DAPOLoss(overlong_max_len=10, overlong_buffer=4)
-    shaped = loss.shaped_rewards(r, mask)
+    shaped = loss.shaped_rewards(r, lengths)
     assert shaped.tolist() == [1.0, 0.25, 0.0, 0.0]
-    a = loss.compute_advantages(r, uid, mask=mask)
+    a = loss.compute_advantages(r, uid, lengths=lengths)
     g = shaped[:3]
     assert torch.allclose(a[:3], (g - g.mean()) / (g.std() + 1e-6))
     assert a[3] == 0.0
     with pytest.raises(ValueError, match="overlong_max_len is not set"):
-        DAPOLoss().compute_advantages(r, uid, mask=mask)
+        DAPOLoss().compute_advantages(r, uid, lengths=lengths)
+    with pytest.raises(ValueError, match="needs `lengths`"):   # the loss mask alone is not a length
+        loss.compute_advantages(r, uid, mask=torch.ones(4, 10))
     plain = DAPOLoss(overlong_shaping=False).compute_advantages(r, uid)
     assert torch.allclose(plain[:3], torch.zeros(3), atol=1e-6)
 
