@@ -35,6 +35,12 @@ class Experience:
         return self.mask.shape[1]
 
     @property
+    def response_lengths(self) -> torch.Tensor:
+        """[B] real response tokens of each row: in a multi-turn episode the model's turns AND the
+        observations between them (what the episode budget counts), not the loss mask's tokens."""
+        return self.attn[:, -self.response_len:].sum(-1)
+
+    @property
     def response_ids(self) -> torch.Tensor:
         """[B, R] the sampled tokens."""
         return self.seq[:, -self.response_len:]

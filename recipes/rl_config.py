@@ -5,6 +5,7 @@ values the run uses). Every option is stated once: sampling in `rollout.sampling
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, Callable, ClassVar, Literal
 
 from learner.config import OptimConfig
@@ -54,6 +55,9 @@ def _optim() -> OptimConfig:
 class MathRLConfig:
     """What every math RL recipe shares (see GRPOMathConfig, PPOMathConfig, SPOMathConfig)."""
     algo: ClassVar[str] = "rl"
+    response_budget_field: ClassVar[str] = "rollout.sampling.max_new_tokens"
+    """The setting that bounds a whole response: one turn's cap here; a multi-turn recipe names its
+    episode budget (Dr.GRPO's and DAPO's lengths derive from it)."""
 
     run_dir: str = "runs/grpo_math"
     """Output folder (metrics.jsonl, curves.png, summary.json, final/, checkpoint/, bootstrap/)."""
@@ -162,7 +166,12 @@ class MathRLConfig:
     def resolved(self) -> "MathRLConfig":
         """A copy with every setting left to the run (`none`) made explicit: what config.json records.
         Fields are never rewritten in place (`__post_init__` only validates)."""
-        return replace(self, update=self.run_update)
+        return replace(self, update=self.run_update, **{self.loss_name: self.policy_loss})
+
+    @property
+    def response_budget(self) -> int:
+        """The longest response a rollout returns (the value of response_budget_field)."""
+        return attrgetter(self.response_budget_field)(self)
 
     @property
     def updates(self) -> int:
@@ -223,12 +232,22 @@ class GRPOMathConfig(MathRLConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        # the constant lengths of Dr.GRPO and DAPO are the generation budget unless given
-        budget = self.rollout.sampling.max_new_tokens
-        if self.dr_grpo.max_response_len is None and self.loss == "dr_grpo":
-            self.dr_grpo = replace(self.dr_grpo, max_response_len=budget)
-        if self.dapo.overlong_max_len is None and self.loss == "dapo":
-            self.dapo = replace(self.dapo, overlong_max_len=budget)
+        budget, flag = self.response_budget, "--" + self.response_budget_field.replace("_", "-")
+        given = self.dr_grpo.max_response_len
+        if self.loss == "dr_grpo" and given is not None and given < budget:
+            raise ValueError(f"--dr-grpo.max-response-len={given} is below {flag}={budget}, "
+                             f"the longest response the rollout returns: leave it at none to use {flag}")
+
+    @property
+    def policy_loss(self) -> Any:
+        """The --loss section as the run trains with it: Dr.GRPO's and DAPO's constant lengths left at
+        none are the response budget."""
+        loss, budget = getattr(self, self.loss), self.response_budget
+        if self.loss == "dr_grpo" and loss.max_response_len is None:
+            return replace(loss, max_response_len=budget)
+        if self.loss == "dapo" and loss.overlong_max_len is None:
+            return replace(loss, overlong_max_len=budget)
+        return loss
 
     @property
     def filters_zero_variance(self) -> bool:

@@ -78,6 +78,8 @@ class ToolsGRPOConfig(GRPOMathConfig):
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=0, min_lr_ratio=0.1,
                                                                    weight_decay=0.0, micro_batch_size=64))
     algo: ClassVar[str] = "grpo"
+    # an episode's response holds its turns AND the observations between them, up to this budget
+    response_budget_field: ClassVar[str] = "env.max_total_tokens"
 
     def __post_init__(self) -> None:
         super().__post_init__()

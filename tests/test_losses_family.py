@@ -89,20 +89,20 @@ def test_dapo_overlong_reward_matches_the_paper_piecewise_function():
 
 
 def test_dapo_advantages_shape_rewards_before_group_normalisation():
-    mask = torch.zeros(4, 10)
-    for row, n in enumerate([3, 9, 10, 3]):
-        mask[row, :n] = 1
+    lengths = torch.tensor([3, 9, 10, 3])
     r = torch.tensor([1.0, 1.0, 1.0, 0.0])
     uid = torch.tensor([0, 0, 0, 1])
     loss = DAPOLoss(overlong_max_len=10, overlong_buffer=4)
-    shaped = loss.shaped_rewards(r, mask)
+    shaped = loss.shaped_rewards(r, lengths)
     assert shaped.tolist() == [1.0, 0.25, 0.0, 0.0]
-    a = loss.compute_advantages(r, uid, mask=mask)
+    a = loss.compute_advantages(r, uid, lengths=lengths)
     g = shaped[:3]
     assert torch.allclose(a[:3], (g - g.mean()) / (g.std() + 1e-6))
     assert a[3] == 0.0
     with pytest.raises(ValueError, match="overlong_max_len is not set"):
-        DAPOLoss().compute_advantages(r, uid, mask=mask)
+        DAPOLoss().compute_advantages(r, uid, lengths=lengths)
+    with pytest.raises(ValueError, match="needs `lengths`"):   # the loss mask alone is not a length
+        loss.compute_advantages(r, uid, mask=torch.ones(4, 10))
     plain = DAPOLoss(overlong_shaping=False).compute_advantages(r, uid)
     assert torch.allclose(plain[:3], torch.zeros(3), atol=1e-6)
 
@@ -125,6 +125,44 @@ def test_gspo_by_hand_sequence_ratio_and_clip():
     check(loss, logp, value, grad)
     assert grad[1] == [0.0, 0.0, 0.0] and grad[0][0] != 0.0
     assert stats["seq_clip_frac"] == 0.5
+
+
+def test_gspo_token_weights_scale_their_own_tokens_gradient():
+    """The issue's repro: one sequence of 2 tokens, logp = old (s = 1), A = 1, token weights (2, 1):
+    L = (1/2)·(2·(−s) + 1·(−s)), and token t's gradient is −w_t·A·s/|y| = [−1, −0.5] in both variants
+    (weighting the spread sequence loss gave each token the mean weight: [−0.75, −0.75])."""
+    for variant, adv in (("sequence", torch.ones(1)), ("token", torch.ones(1, 2))):
+        logp = torch.tensor([[-1.0, -2.0]], dtype=torch.float64, requires_grad=True)
+        loss, _ = GSPOLoss(variant=variant)(logp, logp.detach(), None, adv.double(), torch.ones(1, 2),
+                                            weights=torch.tensor([[2.0, 1.0]]))
+        check(loss, logp, -1.5, [[-1.0, -0.5]])
+
+
+@pytest.mark.parametrize("variant", ["sequence", "token"])
+def test_gspo_by_hand_with_token_and_sequence_weights(variant):
+    """Hand-computed value and gradient with per-token weights w_it: L = (1/B) Σ_i (1/|y_i|) Σ_t w_it·l_i
+    (l_i the sequence's clipped surrogate), ∂L/∂logp_it = w_it·g_i/|y_i|/B; with one weight per
+    sequence the value and gradient are GSPO's scaled by w_i."""
+    logp, old, mask, _ = tensors()
+    ADV2, W = [1.0, 2.0], [[2.0, 0.5, 1.0], [0.25, 3.0, 7.0]]   # (1, 2) is off the mask
+    adv = torch.tensor(ADV2, dtype=torch.float64)
+    eps = 0.05
+    fn = GSPOLoss(clip=ClipConfig(eps_low=eps, eps_high=eps, agg_mode="seq-mean-token-mean"), variant=variant)
+    a = adv if variant == "sequence" else adv.unsqueeze(-1).expand(2, 3)
+    for weights in (W, [1.5, 0.5]):
+        logp.grad = None
+        loss, _ = fn(logp, old, None, a, mask, weights=torch.tensor(weights, dtype=torch.float64))
+        value, grad = 0.0, [[0.0] * 3 for _ in range(2)]
+        for i in range(2):
+            toks = [t for t in range(3) if MASK[i][t]]
+            s = math.exp(sum(LOGP[i][t] - OLD[i][t] for t in toks) / len(toks))
+            v, g = ppo_token(s, ADV2[i], eps, eps)
+            for t in toks:
+                w = weights[i][t] if isinstance(weights[i], list) else weights[i]
+                value += w * v / len(toks) / 2
+                grad[i][t] = w * g / len(toks) / 2
+        check(loss, logp, value, grad)
+    assert grad[1] == [0.0, 0.0, 0.0] and grad[0][0] != 0.0       # sequence 1 is clipped (s = 2.6, A > 0)
 
 
 def test_gspo_token_variant_equals_gspo_with_sequence_advantages():

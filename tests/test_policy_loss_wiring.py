@@ -35,7 +35,7 @@ def test_loss_flag_selects_the_section_with_its_paper_defaults():
     assert list(get_args(PolicyLossName)) == list(POLICY_LOSSES)
     for name in POLICY_LOSSES:
         cfg = _cfg("--loss", name, "--rollout.sampling.max-new-tokens", "24")
-        assert type(cfg.stage().loss_fn) is POLICY_LOSSES[name] and cfg.stage().loss_fn is cfg.policy_loss
+        assert type(cfg.stage().loss_fn) is POLICY_LOSSES[name] and cfg.stage().loss_fn == cfg.policy_loss
         # DAPO's dynamic sampling is the stage's zero-variance filter: on for dapo only
         assert (cfg.stage().filter is not None) == (name == "dapo"), name
     dapo = _cfg("--loss", "dapo", "--rollout.sampling.max-new-tokens", "24").policy_loss

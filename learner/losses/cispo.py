@@ -70,7 +70,8 @@ class CISPOLoss(KLTerm):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None,
+                           lengths: torch.Tensor | None = None) -> torch.Tensor:
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return population_group_advantages(rewards, group_uid, self.adv_eps)
 

@@ -1,7 +1,9 @@
 """The policy-loss family by name, for ``--loss NAME`` (a typed name → class table, no dispatch on strings).
 
 Every entry has the GRPO stage's interface: ``compute_advantages(rewards, group_uid, old_logp,
-ref_logp, mask)`` on the full batch, a ``kl: KLConfig`` (``kl.in_advantages``, ``penalized_rewards``),
+ref_logp, mask, all_sum=, lengths=)`` on the full batch (``mask`` the loss mask; ``lengths`` [B] each
+row's response length counting every response token — in a multi-turn episode the tool observations
+too — which DAPO's overlong shaping measures), a ``kl: KLConfig`` (``kl.in_advantages``, ``penalized_rewards``),
 and ``__call__(logp, old_logp, ref_logp, advantages, mask, global_tokens=, global_seqs=, max_len=,
 weights=)`` returning ``(loss, stats)``; ``weights`` are the truncated importance weights of
 :mod:`learner.losses.tis`. All but CISPO compose the shared ``clip: ClipConfig``.

@@ -285,9 +285,11 @@ class GRPOLoss(ClippedPolicyLoss):
         ref_logp: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         all_sum: AllSum | None = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Sequence advantages [B] for the full batch (compute BEFORE splitting into
-        micro-batches). With the KL in the reward the rewards are penalised first."""
+        micro-batches). With the KL in the reward the rewards are penalised first. ``lengths``
+        (each row's response length) is part of the family's interface; only DAPO reads it."""
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return group_advantages(rewards, group_uid, self.adv_scale, self.adv_eps, all_sum)
 

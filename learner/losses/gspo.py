@@ -14,7 +14,13 @@ sequence contributes nothing.
 GSPO-token (``variant="token"``) allows per-token advantages A_it:
     s_it = sg[s_i] · π_θ(y_it) / sg[π_θ(y_it)]        (value s_i, gradient s_i·∇log π_θ(y_it))
     L    = (1/B) Σ_i (1/|y_i|) Σ_t max(−A_it·s_it, −A_it·clip(s_it, 1−ε_low, 1+ε_high))
-With A_it = A_i it equals GSPO in value and gradient.
+With A_it = A_i it equals GSPO in value and gradient, so both variants are computed in this token
+form; ``sequence`` only insists on one advantage per sequence.
+
+Per-token weights w_it (the truncated importance weights of :mod:`learner.losses.tis`) multiply each
+token's term of that sum, as verl's GSPO does: token t's gradient is −(1/B)(1/|y_i|)·w_it·A_i·s_i·
+∇log π_θ(y_it). Weighting one sequence loss spread over its tokens instead would give every token
+its sequence's MEAN weight (the same value, the wrong gradient).
 
 Defaults (the paper's): ``clip`` ε_low = 3e-4, ε_high = 4e-4 (sequence ratios stay within ~1e-3 of 1,
 so the clip ranges are two orders smaller than PPO's) with seq-mean-token-mean aggregation (one mean
@@ -63,7 +69,8 @@ class GSPOLoss(ClippedPolicyLoss):
 
     def compute_advantages(self, rewards: torch.Tensor, group_uid: torch.Tensor,
                            old_logp: torch.Tensor | None = None, ref_logp: torch.Tensor | None = None,
-                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None) -> torch.Tensor:
+                           mask: torch.Tensor | None = None, all_sum: AllSum | None = None,
+                           lengths: torch.Tensor | None = None) -> torch.Tensor:
         rewards = self.penalized_rewards(rewards, old_logp, ref_logp, mask)
         return group_advantages(rewards, group_uid, "group", self.adv_eps)
 
@@ -73,17 +80,16 @@ class GSPOLoss(ClippedPolicyLoss):
                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         agg = dict(global_tokens=global_tokens, global_seqs=global_seqs, max_len=max_len)
         m = mask.to(logp.dtype)
-        log_s = sequence_log_ratio(logp, old_logp, m)                      # [B]
-        if _enum(GSPOVariant, self.variant, "GSPOLoss variant") is GSPOVariant.TOKEN:
-            log_s_t = log_s.detach().unsqueeze(-1) + logp - logp.detach()   # value log s_i, grad ∇log π
-        else:
-            if advantages.dim() != 1:
-                raise ValueError(f"GSPOLoss variant=sequence takes sequence advantages [B], got "
-                                 f"{tuple(advantages.shape)}; use variant='token' (--gspo.variant token) for "
-                                 f"per-token advantages")
-            # one loss per sequence, spread over its tokens so that the seq-mean-token-mean of the
-            # token values is Σ_i L_i / B (and weights/micro-batching behave as for the other losses)
-            log_s_t = log_s.unsqueeze(-1).expand_as(logp)
+        variant = _enum(GSPOVariant, self.variant, "GSPOLoss variant")
+        if variant is GSPOVariant.SEQUENCE and advantages.dim() != 1:
+            raise ValueError(f"GSPOLoss variant=sequence takes sequence advantages [B], got "
+                             f"{tuple(advantages.shape)}; use variant='token' (--gspo.variant token) for "
+                             f"per-token advantages")
+        # value log s_i on every token, gradient ∇log π_θ(y_it) of that token alone: the aggregation's
+        # 1/|y_i| gives GSPO's gradient, and a per-token weight scales its own token's gradient only.
+        # policy_loss clamps log s_it to ±LOG_RATIO_CLAMP: a sequence beyond it has no gradient
+        log_s = masked_mean(logp.detach() - old_logp.detach(), m, dim=-1)    # [B]
+        log_s_t = log_s.unsqueeze(-1) + logp - logp.detach()
         c = self.clip
         # the PPO-clip surrogate of s against an old ratio of 1 (log 0): exactly GSPO's clipped objective
         pg, stats = policy_loss(log_s_t, torch.zeros_like(logp), advantages, m, c.eps_low, c.eps_high, c.dual_clip,

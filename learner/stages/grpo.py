@@ -73,7 +73,8 @@ class GRPOStage(RLStage):
         rewards = batch.rewards.to(learner.device)
         # each learner rank holds whole groups: group statistics are its own; the batch std sums over ranks
         exp.adv = self.loss_fn.compute_advantages(rewards, uid, exp.old_logp, exp.ref_logp, exp.mask,
-                                                  all_sum=learner.comm.all_sum if learner.comm.distributed else None)
+                                                  all_sum=learner.comm.all_sum if learner.comm.distributed else None,
+                                                  lengths=exp.response_lengths)
         stats = self.batch_stats(batch, stats)
         if len(batch):
             stats["zero_var_frac"] = float(zero_variance_groups(rewards, uid).float().mean())
