@@ -450,3 +450,26 @@ def test_grpo_learns_a_trivial_reward():
     # measured (model seeds 11-13): p 0.014-0.017 -> 0.978-0.984; sampled reward ~0.02 -> ~0.95
     assert p0 < 0.03 and p1 > 0.8
     assert sum(rewards[:3]) / 3 < 0.1 and sum(rewards[-3:]) / 3 > 0.7
+
+
+def test_the_learner_never_writes_into_the_batches_it_is_handed():
+    """Row ids and policy versions come from the producer; the learner actor reads them and trains
+    (off-policy after a publication too) without changing a field of any batch."""
+    from dataclasses import fields
+
+    from learner.actor import LearnerWorker
+
+    model = _model()
+    worker = LearnerWorker(lambda: Learner(_perturbed(model), GRPOStage(update=RLUpdateConfig(minibatches=2)),
+                                           _optim(), ref_model=copy.deepcopy(model)))
+    worker.weights(0)
+    parts = [replace(rollout(model, _prompts(3), G=2, seed=s, rewards=torch.rand(6)), policy_version=v,
+                     row_id=(s << 24) + torch.arange(6)) for s, v in ((1, 0), (2, 0))]
+    before = copy.deepcopy(parts)
+    assert worker.train_step(*parts)["stale"] == 0.0
+    worker.weights(1)
+    assert worker.train_step(*parts)["stale"] == 1.0       # sampled with version 0, the learner published 1
+    for b, was in zip(parts, before):
+        for f in fields(b):
+            new, old = getattr(b, f.name), getattr(was, f.name)
+            assert torch.equal(new, old) if isinstance(new, torch.Tensor) else new == old, f.name
