@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 # (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
 from runtime import set_openmp_env  # noqa: E402
 
-set_openmp_env(overlapping=False)
+if "torch" not in sys.modules:   # else imported by a bench script that set it before its torch import
+    set_openmp_env(overlapping=False)
 
 import torch  # noqa: E402
 
