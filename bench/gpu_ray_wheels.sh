@@ -52,17 +52,17 @@ install() {
       exit 2
     fi
   done
-  local tmp name
-  tmp=$(mktemp -d)
+  local name
+  JOIN_DIR=$(mktemp -d)
+  trap 'rm -rf "$JOIN_DIR"' EXIT
   name=$(awk '{print $2}' "$WHEELS/part1/ray.sha256")
-  cat "$WHEELS/part1/ray.part0" "$WHEELS/part2/ray.part1" > "$tmp/$name"
-  if ! (cd "$tmp" && sha256sum --quiet -c -) < "$WHEELS/part1/ray.sha256"; then
+  cat "$WHEELS/part1/ray.part0" "$WHEELS/part2/ray.part1" > "$JOIN_DIR/$name"
+  if ! (cd "$JOIN_DIR" && sha256sum --status -c -) < "$WHEELS/part1/ray.sha256"; then
     echo "gpu_ray_wheels.sh: the joined $name does not match its sha256 (parts from different prepare runs?)" >&2
     exit 2
   fi
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$target" \
-    "$tmp/$name" "$WHEELS"/part1/*.whl
-  rm -rf "$tmp"
+    "$JOIN_DIR/$name" "$WHEELS"/part1/*.whl
   echo "gpu_ray_wheels.sh: ray installed in $target (run with PYTHONPATH=$target:.)" >&2
 }
 
