@@ -116,7 +116,7 @@ SIZES = {
         matmul_n=512, matmul_warmup=1, matmul_trials=3, matmul_per_trial=3,
         train_presets=("tiny", "tiny-qk"), train_batch=4, train_seq=64, train_warmup=1, train_steps=2,
         sample_preset="tiny", sample_cases=((1, 1), (2, 2), (4, 2)), prompt_len=(4, 8),
-        new_tokens=8, sample_warmup=1, sample_repeats=1, gap_rows=8,
+        new_tokens=8, sample_warmup=0, sample_repeats=1, gap_rows=8,
         rl_flags=RL_COMMON + ("--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
                               "--bootstrap.sft-steps=1", "--n-prompts=16", "--driver.steps=2",
                               "--driver.prompts-per-step=2", "--rollout.sampling.n=2",
