@@ -95,6 +95,7 @@ class Sizes:
     gap_rows: int                   # the case whose sampled tokens the learner rescores
     rl_flags: tuple[str, ...]       # experiments/grpo_math.py flags besides --run-dir and --device
     budget_s: dict[str, float] = field(default_factory=dict)   # per section and "total"
+    cpu_threads: int = 0            # torch threads with --device cpu (0: torch's default)
 
 
 RL_COMMON = ("--eval-size=0", "--no-dashboard", "--no-progress", "--plot-every=0")
@@ -121,7 +122,8 @@ SIZES = {
                               "--bootstrap.sft-steps=1", "--n-prompts=16", "--driver.steps=2",
                               "--driver.prompts-per-step=2", "--rollout.sampling.n=2",
                               "--rollout.sampling.max-new-tokens=8", "--threads=1"),
-        budget_s={"matmul": 300, "train": 300, "sample": 300, "rl": 900, "total": 1800}),
+        budget_s={"matmul": 300, "train": 300, "sample": 300, "rl": 900, "total": 1800},
+        cpu_threads=1),   # toy models: one thread is as fast, and far faster on a busy shared CPU
 }
 
 FORMULAS = {
@@ -517,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     s = SIZES[args.preset]
     device = torch.device(args.device)
+    if device.type == "cpu" and s.cpu_threads:
+        torch.set_num_threads(s.cpu_threads)
     t_start = time.perf_counter()
     clock = Clock(deadline=t_start + s.budget_s["total"])
     result: dict[str, Any] = {"bench": "gpu_check", "device": args.device, "preset": args.preset,
