@@ -23,7 +23,8 @@ from pathlib import Path
 # (bounded spinning; runtime/process.py), for both sides. OMP_WAIT_POLICY / GOMP_SPINCOUNT override it.
 from runtime import set_openmp_env
 
-set_openmp_env(overlapping=False)
+if "torch" not in sys.modules:   # else imported by a bench script that set it before its torch import
+    set_openmp_env(overlapping=False)
 
 import torch
 
