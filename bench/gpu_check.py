@@ -16,7 +16,7 @@ each has a time budget and the run a total one, units past them are listed under
   learner's autocast, as the RL stages score old logprobs) on the same sampled tokens.
 - rl: when `import ray` works, `experiments/grpo_math.py --device <device>` for a few steps from a tiny
   bootstrap, in a subprocess: the step breakdown from its metrics.jsonl and summary.json, the one-GPU
-  fractional placement (`rl.ray_session.placement`) and the processes seen on the GPU. Without Ray
+  fractional placement (`recipes.ray_session.placement`) and the processes seen on the GPU. Without Ray
   the JSON says "ray": "not installed". Nothing the other sections import imports Ray.
 
 Sizes, budgets and formulas are in the JSON ("sizes", "budget_s", "formulas"). Progress goes to stderr.
@@ -470,13 +470,13 @@ def rl_section(device: torch.device, s: Sizes, clock: Clock) -> dict:
         if e.name != "ray":
             raise
         return {"ray": "not installed", "skipped": "experiments/grpo_math.py needs Ray (see bench/gpu_ray_wheels.sh)"}
-    from rl.ray_session import placement
+    from recipes.ray_session import placement
 
     flags = [f"--device={device.type}", *s.rl_flags]
     out: dict[str, Any] = {"ray": ray.__version__, "recipe": "experiments/grpo_math.py", "flags": flags,
                            "placement": placement(device.type, rollout_workers=1, reward_workers=1,
                                                   reward_on_gpu=False),
-                           "placement_source": "rl.ray_session.placement for these flags (what start_actors asks Ray)"}
+                           "placement_source": "recipes.ray_session.placement for these flags (what start_actors asks Ray)"}
     with tempfile.TemporaryDirectory(prefix="gpu_check_rl_") as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}", *flags]
