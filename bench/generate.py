@@ -20,6 +20,7 @@ Usage: python -m bench.generate [--quick] [--append] [--presets tiny,minimind2-s
 from __future__ import annotations
 
 import os
+import sys
 import statistics
 import tempfile
 import time

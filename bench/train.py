@@ -16,6 +16,7 @@ Usage: python -m bench.train [--quick] [--append] [--presets minimind2-small,tin
 """
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
