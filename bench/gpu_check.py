@@ -22,21 +22,15 @@ each has a time budget and the run a total one, units past them are listed under
 Sizes, budgets and formulas are in the JSON ("sizes", "budget_s", "formulas"). Progress goes to stderr.
 
 Ray on the GPU machine (it has CUDA torch, transformers, numpy, ... but no Ray; one device call carries
-at most 64 MiB of files and Ray 2.60's cp312 manylinux wheel is ~79 MB): `bench/gpu_ray_wheels.sh`.
-1. Here: `bash bench/gpu_ray_wheels.sh prepare` downloads Ray's wheel and the wheels Ray needs that the
-   machine lacks (jsonschema, jsonschema-specifications, referencing, rpds-py; it has click, filelock,
-   msgpack, packaging, protobuf, pyyaml, requests, aiohttp, grpcio, attrs) into the git-ignored
-   bench/.ray_wheels/, and splits Ray's wheel in two: part1/ (first half + the dependencies + sha256),
-   part2/ (second half), each ~40 MB.
-2. Device call 1: carry ["bench/.ray_wheels/part1"], run the sections that need no Ray (and the CUDA tests):
-   `PYTHONPATH=. python3 bench/gpu_check.py --sections matmul,train,sample > $OUT/gpu_check.json;
-   PYTHONPATH=. python3 -m pytest -q tests/test_gpu.py`
-3. Device call 2, at once (the machine stays warm ~30 s after a call and keeps ignored files between
-   calls): carry ["bench/.ray_wheels/part2"], run
-   `bash bench/gpu_ray_wheels.sh install /tmp/site && PYTHONPATH=/tmp/site:. python3 bench/gpu_check.py
-   --sections rl > $OUT/gpu_check_rl.json` (install joins the halves, checks the sha256 and runs
-   `pip install --no-index --no-deps --target /tmp/site`; Ray's workers inherit PYTHONPATH).
-   If the machine was given back in between, install says which part is missing.
+at most 64 MiB of files and Ray 2.60's cp312 wheel is ~79 MB): `bench/gpu_ray_wheels.sh prepare` here
+packs what the recipes import of Ray (~30 MB with xz) and the four wheels Ray needs that the machine
+lacks into the git-ignored bench/.ray_wheels/; then ONE device call, carrying ["bench/.ray_wheels"]:
+
+    bash bench/gpu_ray_wheels.sh install && PYTHONPATH=/tmp/site:$PWD python3 bench/gpu_check.py \
+        > $OUT/gpu_check.json; PYTHONPATH=/tmp/site:$PWD python3 -m pytest -q tests/test_gpu.py
+
+(PYTHONPATH absolute: the recipe's subprocess and Ray's workers run in other folders.) docs/gpu.md has
+a run's JSON and what it found.
 """
 from __future__ import annotations
 
@@ -106,7 +100,7 @@ SIZES = {
         train_presets=("minimind2-small", "minimind2"), train_batch=32, train_seq=1024, train_warmup=3,
         train_steps=10,
         sample_preset="minimind2-small", sample_cases=((1, 1), (8, 8), (32, 8)), prompt_len=(16, 64),
-        new_tokens=128, sample_warmup=1, sample_repeats=3, gap_rows=64,
+        new_tokens=128, sample_warmup=2, sample_repeats=7, gap_rows=64,
         rl_flags=RL_COMMON + ("--bootstrap.preset=minimind2-small", "--bootstrap.n-train=1000",
                               "--bootstrap.pretrain-steps=20", "--bootstrap.sft-steps=20", "--n-prompts=512",
                               "--driver.steps=5", "--driver.prompts-per-step=32", "--rollout.sampling.n=8",
@@ -133,6 +127,7 @@ FORMULAS = {
                        "halving)",
     "mfu": "tokens_per_s x flops_per_token / matmul peak of this run (train tokens = every input token)",
     "sample_tok_s": "rows x new_tokens / seconds of one generate call (median of the repeats)",
+    "sample_ratio": "ours_tok_s / hf_tok_s (medians); ratios: per interleaved pair",
     "logprob_gap": "|learner logprob - engine logprob| over the sampled response tokens (mean, max; k3 KL)",
 }
 
@@ -324,7 +319,9 @@ def sample_section(device: torch.device, s: Sizes, clock: Clock) -> dict:
         tokens = float(c.rows * c.sp.max_new_tokens)
         r = interleaved({"ours": lambda: run_ours(p, c), "hf": lambda: run_hf(p, c)}, repeats=s.sample_repeats,
                         warmup=s.sample_warmup, work={"ours": tokens, "hf": tokens})
-        ratio, ratios = pair_ratio(r, "ours", "hf")
+        # the ratio of the two medians, so it agrees with the two rates beside it (a median of per-pair ratios
+        # need not, with a few noisy pairs); the per-pair ratios stay in "ratios"
+        ratio, ratios = round(r["ours"]["rate"] / r["hf"]["rate"], 3), pair_ratio(r, "ours", "hf")[1]
         row = {"batch": c.rows, "prompts": len(c.prompts), "G": c.G, "new_tokens": c.sp.max_new_tokens,
                "prompt_len": [min(map(len, c.prompts)), max(map(len, c.prompts))],
                "ours_tok_s": r["ours"]["rate"], "hf_tok_s": r["hf"]["rate"], "ratio": ratio, "ratios": ratios,
