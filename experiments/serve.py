@@ -20,21 +20,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from learner.cli import parse_config  # noqa: E402
+from learner.errors import run_or_exit  # noqa: E402
 from serving.config import ServeConfig  # noqa: E402
+from serving.server import check_model  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
-    try:
-        cfg.check_source()
-    except ValueError as e:
-        sys.exit(f"serve.py: {e}")
+def check_inputs(cfg: ServeConfig) -> None:
+    """The checkpoint and tokenizer the replicas will load, and the engine's availability."""
+    check_model(cfg)
     if cfg.engine == "vllm":
         from serving.vllm_backend import unavailable
 
         why = unavailable(None, cfg.device)   # the model's head size is checked again by each replica
         if why:
-            sys.exit(f"serve.py: {why}")
+            raise ValueError(why)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
+    run_or_exit(lambda: check_inputs(cfg))   # in this process, before Ray: one line and exit 2, not a replica's traceback
     import ray
 
     from serving.app import start
