@@ -40,7 +40,7 @@ from ..cli import config_to_dict, parse_config
 from ..errors import RunStopped, run_or_exit
 from ..learner import Learner
 from ..inputs import check_checkpoint_path, check_data_path, check_device
-from ..run_folder import check_run_folder, resume_hint, start_fresh
+from ..run_folder import check_resume_fits, check_run_folder, resume_hint, start_fresh
 from ..supervised import train_loop
 from .config import RecipeConfig
 
@@ -166,6 +166,8 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
         plot_keys: Sequence[str] = ("loss", "lr", "grad_norm")) -> tuple[Learner, dict[str, float]]:
     """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked)."""
     cfg = run.cfg
+    if cfg.resume:   # before config.json is rewritten: it says what the checkpoint was made with
+        check_resume_fits(run.run_dir, model, config_to_dict(cfg))
     # the run starts for real here (data read, model built): only now may the earlier results go
     start_fresh(run.run_dir, cfg.resume)
     (run.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
