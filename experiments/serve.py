@@ -38,7 +38,8 @@ def check_inputs(cfg: ServeConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
-    run_or_exit(lambda: check_inputs(cfg))   # in this process, before Ray: one line and exit 2, not a replica's traceback
+    # in this process, before Ray starts: one line and exit 2, not a traceback from a replica
+    run_or_exit(lambda: check_inputs(cfg))
     import ray
 
     from serving.app import start

@@ -62,7 +62,8 @@ def read_header(path: str | Path) -> dict[str, tuple[int, ...]]:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: not a safetensors file, or truncated: its {n}-byte header is not JSON") from None
+        raise CheckpointError(f"{path}: not a safetensors file, or truncated: its {n}-byte header is not "
+                              "JSON") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: not a safetensors file: its header is not a JSON object")
     shapes, data_end = {}, 0

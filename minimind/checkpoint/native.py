@@ -90,7 +90,8 @@ def check_checkpoint(dir_or_file: str | Path, kind: str = "causal_lm", **pth_opt
     cfg, raw = read_checkpoint_config(p)
     found = raw.get("model_kind", "causal_lm")
     if found != kind:
-        raise CheckpointError(f"{weights}: checkpoint holds a {found!r} model, not {kind!r}; use {KINDS.get(found, KINDS['causal_lm'])[1]}")
+        use = KINDS.get(found, KINDS["causal_lm"])[1]
+        raise CheckpointError(f"{weights}: checkpoint holds a {found!r} model, not {kind!r}; use {use}")
     with torch.device("meta"):   # shapes only: no memory, no init
         model = KINDS[kind][0](cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -298,7 +298,8 @@ def finish_report(report: ReadReport, report_path: str | Path | None) -> None:
         if not report.n_bad:
             raise DataError(f"{report.path}: the data file holds no records (it is empty)")
         where = f"; every one is listed in {report_path}" if report_path is not None else ""
-        raise DataError(f"{report.path}: every record is bad ({report.n_bad} skipped, first: {report.issues[0]}){where}")
+        raise DataError(f"{report.path}: every record is bad ({report.n_bad} skipped, first: "
+                        f"{report.issues[0]}){where}")
 
 
 def read_pretrain(path: str | Path, *, strict: bool = False, report_path: str | Path | None = None,
