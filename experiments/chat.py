@@ -10,11 +10,11 @@ prompt and start over; `/system` alone removes it), /exit (or Ctrl-D).
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import dataclass
 from typing import Iterator
 
 from recipes.cli import parse_config
+from recipes.errors import run_or_exit
 
 
 @dataclass
@@ -58,11 +58,11 @@ class LocalChat:
 
     def __init__(self, cfg: ChatConfig):
         from serving.config import ServeConfig
-        from serving.server import ModelServer, load_checkpoint
+        from serving.server import ModelServer, check_model, load_checkpoint
 
         scfg = ServeConfig(model=cfg.model, init=cfg.init, tokenizer=cfg.tokenizer,
                            default_max_tokens=cfg.max_tokens)
-        scfg.check_source()
+        check_model(scfg)
         self.server = ModelServer(scfg, *load_checkpoint(scfg))
         self.cfg = cfg
         self.loop = asyncio.new_event_loop()
@@ -93,11 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ChatConfig, argv, description=__doc__.split("\n")[0])
     if cfg.url:
         stream = lambda msgs: remote_stream(cfg, msgs)  # noqa: E731
-    else:
-        try:
-            stream = LocalChat(cfg).stream
-        except Exception as e:  # a bad path / vocabulary mismatch: one clear line, no traceback
-            sys.exit(f"chat.py: {e}")
+    else:   # a bad path, checkpoint or tokenizer: one line, exit 2
+        stream = run_or_exit(lambda: LocalChat(cfg).stream)
     system, history = cfg.system, []
     print("MiniMind chat. /reset, /system <text>, /exit", flush=True)
     while True:

@@ -13,25 +13,29 @@ Ctrl-C stops the app. See docs/serving.md.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from recipes.cli import parse_config
+from recipes.errors import run_or_exit
 from serving.config import ServeConfig
+from serving.server import check_model
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
-    try:
-        cfg.check_source()
-    except ValueError as e:
-        sys.exit(f"serve.py: {e}")
+def check_inputs(cfg: ServeConfig) -> None:
+    """The checkpoint and tokenizer the replicas will load, and the engine's availability."""
+    check_model(cfg)
     if cfg.engine == "vllm":
         from serving.vllm_backend import unavailable
 
         why = unavailable(None, cfg.device)   # the model's head size is checked again by each replica
         if why:
-            sys.exit(f"serve.py: {why}")
+            raise ValueError(why)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
+    # in this process, before Ray starts: one line and exit 2, not a traceback from a replica
+    run_or_exit(lambda: check_inputs(cfg))
     import ray
 
     from serving.app import start

@@ -13,7 +13,7 @@ import torch
 from contract.batch import RolloutBatch
 from runtime import tune_malloc
 
-from .distributed import free_port, init_comm
+from .distributed import init_comm, rendezvous_store
 
 
 def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
@@ -44,15 +44,21 @@ class LearnerWorker:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.factory, self.rank, self.world_size = factory, rank, world_size
         self.learner = factory() if world_size == 1 else None   # a rank builds it once the group has joined
+        self.store = None     # rank 0 of a group: the rendezvous store it serves
 
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0: the address and a free port the group's process group meets at."""
-        return ray.util.get_node_ip_address(), free_port()
+    def rendezvous(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: the address and port of the rendezvous store it serves (held open: see rendezvous_store);
+        a learner alone needs none (port 0)."""
+        address = ray.util.get_node_ip_address()
+        if self.world_size == 1:
+            return address, 0
+        self.store = rendezvous_store(address, timeout_s)
+        return address, self.store.port
 
     def join(self, address: str, port: int, device: str, timeout_s: float) -> dict[str, Any]:
         """Join the group's process group (every rank at once), then build the Learner on this rank.
         Returns where this rank runs."""
-        comm = init_comm(self.rank, self.world_size, address, port, device, timeout_s)
+        comm = init_comm(self.rank, self.world_size, address, port, device, timeout_s, store=self.store)
         if self.learner is None:
             self.learner = self.factory()
         self.learner.comm = comm

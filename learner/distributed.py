@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -50,11 +49,14 @@ def backend_for(device: str | torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def free_port() -> int:
-    """A TCP port free on this node now (rank 0's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def rendezvous_store(host: str, timeout_s: float) -> Any:
+    """The group's meeting point: a TCPStore served by this process (rank 0's) on a port the kernel
+    picks as it binds it. A port found free, released and bound later can be taken in between by any
+    process on the machine (another run's Ray opens connections all the time); this one never is.
+    The ranks join it with init_comm(..., store.port), rank 0 passing the store itself."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(host, 0, None, True, datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
 
 
 @dataclass
@@ -164,8 +166,9 @@ class Comm:
 
 
 def init_comm(rank: int, world_size: int, address: str, port: int, device: str | torch.device,
-              timeout_s: float) -> Comm:
-    """Join the group's process group (blocks until every rank has joined)."""
+              timeout_s: float, store: Any = None) -> Comm:
+    """Join the group's process group at the rendezvous store on address:port (`store`: that store, in
+    the process that serves it); blocks until every rank has joined."""
     dev = torch.device(device)
     if world_size == 1:
         return Comm(device=dev)
@@ -180,6 +183,8 @@ def init_comm(rank: int, world_size: int, address: str, port: int, device: str |
             raise RuntimeError(f"this process is rank {dist.get_rank()} of {dist.get_world_size()}, "
                                f"not rank {rank} of {world_size}")
     else:
-        dist.init_process_group(backend_for(dev), init_method=f"tcp://{address}:{port}", rank=rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if store is None:
+            store = dist.TCPStore(address, port, None, False, timeout)
+        dist.init_process_group(backend_for(dev), store=store, rank=rank, world_size=world_size, timeout=timeout)
     return Comm(rank=rank, world_size=world_size, device=dev)

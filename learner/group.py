@@ -45,7 +45,7 @@ class LearnerGroup:
     def start(cls, factory: Callable[[], Any], cfg: LearnerGroupConfig, device: str, resources: dict,
               threads: int, generation: int = 0, options: dict | None = None) -> "LearnerGroup":
         """`cfg.world_size` LearnerActors in a placement group (pack or spread), joined into one
-        torch.distributed group at rank 0's node address and a free port; each builds its Learner from
+        torch.distributed group at the rendezvous store rank 0 serves; each builds its Learner from
         `factory`. `resources`: one rank's Ray request (num_cpus, num_gpus); `options`: more actor options
         (e.g. custom resources)."""
         from .actor import LearnerActor
@@ -71,7 +71,7 @@ class LearnerGroup:
                                            PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)
                                            ).remote(factory, threads=threads, rank=r, world_size=n)
                       for r in range(n)]
-        address, port = ray.get(actors[0].rendezvous.remote())
+        address, port = ray.get(actors[0].rendezvous.remote(cfg.timeout_s))
         group = cls(actors, cfg.timeout_s, generation=generation, placement_group=pg)
         group.ranks = group.wait([a.join.remote(address, port, device, cfg.timeout_s) for a in actors], "start")
         group.spawn = lambda g: cls.start(factory, cfg, device, resources, threads, g, options)

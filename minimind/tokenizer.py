@@ -14,6 +14,7 @@ character offsets.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -181,13 +182,17 @@ class MiniMindTokenizer:
         return template_default_system(self.chat_template)
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
-                    tools: Sequence[Mapping[str, Any]] | None = None, **template_kwargs: Any) -> list[int]:
-        """Token ids of the rendered chat, encoded as one string (= transformers' tokenize=True ids)."""
-        return self.encode_chat_masked(messages, add_generation_prompt, tools=tools, **template_kwargs)[0]
+                    tools: Sequence[Mapping[str, Any]] | None = None, max_tokens: int | None = None,
+                    keep_end: bool = False, **template_kwargs: Any) -> list[int]:
+        """Token ids of the rendered chat, encoded as one string (= transformers' tokenize=True ids);
+        max_tokens / keep_end: only the first (last) max_tokens of them, see encode_chat_masked."""
+        return self.encode_chat_masked(messages, add_generation_prompt, tools=tools, max_tokens=max_tokens,
+                                       keep_end=keep_end, **template_kwargs)[0]
 
     def encode_chat_masked(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
                            tools: Sequence[Mapping[str, Any]] | None = None, label_turn_newline: bool = False,
-                           last_turn_only: bool = False, **template_kwargs: Any) -> tuple[list[int], list[int]]:
+                           last_turn_only: bool = False, max_tokens: int | None = None, keep_end: bool = False,
+                           **template_kwargs: Any) -> tuple[list[int], list[int]]:
         """(ids, assistant_mask) of the rendered chat.
 
         ids are those of the whole rendered string. The mask is 1 on every token that overlaps an
@@ -195,15 +200,42 @@ class MiniMindTokenizer:
         reasoning, content and tool calls; learning to stop is part of the answer), plus the `\n`
         after `<|im_end|>` with label_turn_newline=True (MiniMind's own SFT / DPO labelling).
         last_turn_only: only the final assistant turn (DPO responses).
+        max_tokens: only the first `max_tokens` ids (the last with keep_end) are wanted, and only they are
+        returned; a longer text is cut to `chars_for_tokens(max_tokens)` characters before anything
+        tokenizes it, so a 10 MB message costs what that many characters cost (the mask still marks the
+        turns of the whole chat).
         Special-token strings typed inside message fields stay text (they cannot end a turn)."""
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         text = self.apply_chat_template(messages, add_generation_prompt, tools=tools, **template_kwargs)
         forged = self._forged_specials(messages, text, add_generation_prompt, tools, template_kwargs)
-        ids, offsets, trusted = self._encode_rendered(text, forged)
+        trusted = [m for m in self._special_re.finditer(text) if m.start() not in forged]
         spans = self._assistant_spans(text, trusted, label_turn_newline)
         if last_turn_only:
             spans = spans[-1:]
+        lo, hi = 0, len(text)
+        if max_tokens is not None and len(text) > self.chars_for_tokens(max_tokens):
+            reach = self.chars_for_tokens(max_tokens)
+            lo, hi = (hi - reach, hi) if keep_end else (0, reach)
+        ids, offsets = self._encode_rendered(text, lo, hi, forged, trusted)
         mask = [1 if any(a < e and b > s for s, e in spans) else 0 for a, b in offsets]
+        if max_tokens is not None:
+            keep = slice(max(0, len(ids) - max_tokens), None) if keep_end else slice(0, max_tokens)
+            ids, mask = ids[keep], mask[keep]
         return ids, mask
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters of text one token stands for: its vocabulary string's length (a byte-level
+        token's string has one character per byte, and a character is at least one byte; a special token
+        is its own string). A text of n characters so has at least n / max_token_chars tokens."""
+        return max(map(len, self._tok.get_vocab(with_added_tokens=True)), default=1)
+
+    def chars_for_tokens(self, n_tokens: int) -> int:
+        """Where a text can be cut before tokenizing without changing its first `n_tokens` tokens: twice
+        the characters those can cover, plus 64 tokens' worth, so the word a cut splits (whose tokens may
+        change) lies far past them."""
+        return (2 * n_tokens + 64) * self.max_token_chars
 
     def _forged_specials(self, messages, text, add_generation_prompt, tools, template_kwargs) -> set[int]:
         """Positions of special-token strings in `text` that came from message fields, found by
@@ -221,18 +253,18 @@ class MiniMindTokenizer:
         real = {m.start() for m in self._special_re.finditer(text)}
         return real - {m.start() for m in self._special_re.finditer(defused)}
 
-    def _encode_rendered(self, text: str, forged: set[int]) -> tuple[list[int], list[tuple[int, int]], list]:
-        """(ids, char offsets, trusted special matches). Added tokens split the text before BPE, so
+    def _encode_rendered(self, text: str, lo: int, hi: int, forged: set[int],
+                         trusted: list) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, char offsets in `text`) of text[lo:hi]. Added tokens split the text before BPE, so
         encoding the pieces between trusted specials equals encoding the whole string."""
-        trusted = [m for m in self._special_re.finditer(text) if m.start() not in forged]
-        if not forged:
-            enc = self._tok.encode(text, add_special_tokens=False)
-            return enc.ids, enc.offsets, trusted
+        if not any(lo <= p < hi for p in forged):
+            enc = self._tok.encode(text[lo:hi], add_special_tokens=False)
+            return enc.ids, (enc.offsets if lo == 0 else [(a + lo, b + lo) for a, b in enc.offsets])
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
-        pos = 0
-        for m in [*trusted, None]:
-            end = m.start() if m is not None else len(text)
+        pos = lo
+        for m in [*(m for m in trusted if lo <= m.start() and m.end() <= hi), None]:
+            end = m.start() if m is not None else hi
             if end > pos:
                 enc = self._literal.encode(text[pos:end], add_special_tokens=False)
                 ids.extend(enc.ids)
@@ -241,7 +273,7 @@ class MiniMindTokenizer:
                 ids.append(self._tok.token_to_id(m.group(0)))
                 offsets.append((m.start(), m.end()))
                 pos = m.end()
-        return ids, offsets, trusted
+        return ids, offsets
 
     @staticmethod
     def _assistant_spans(text: str, trusted: list, label_turn_newline: bool) -> list[tuple[int, int]]:

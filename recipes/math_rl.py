@@ -27,7 +27,7 @@ from recipes.inputs import check_checkpoint_path, check_data_path, check_device
 from learner.learner import Learner, find_checkpoint
 from recipes.run_folder import check_run_folder, resume_hint, start_fresh
 from learner.metrics import MetricsLogger, plot_metrics
-from minimind.checkpoint import PthOptions, load_model, read_checkpoint_config, save_model
+from minimind.checkpoint import PthOptions, check_checkpoint, load_model, save_model
 from minimind.config import MiniMindConfig
 from minimind.data import synthetic_math as sm
 from minimind.data.datasets import RLPromptDataset
@@ -113,11 +113,10 @@ def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
 
 
 def policy_config(init: Path, pth: PthOptions | None = None) -> MiniMindConfig:
-    """The policy's config without loading its weights in the driver when a config.json says it
-    (a bare MiniMind .pth has none: its config is inferred from the tensors, which needs them)."""
-    if init.is_dir() or (init.suffix == ".safetensors" and (init.parent / "config.json").is_file()):
-        return read_checkpoint_config(init)[0]
-    return load_model(init, **(pth or PthOptions()).kwargs()).config
+    """The policy's config, its checkpoint checked in the driver (before any actor loads it) from
+    config.json and the safetensors header, without reading the weights (a bare MiniMind .pth has no
+    header: its config is inferred from the tensors, which needs them)."""
+    return check_checkpoint(init, **(pth or PthOptions()).kwargs())
 
 
 def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: Any = None,
@@ -194,6 +193,8 @@ def check_start(cfg: MathRLConfig) -> str:
             check_data_path(getattr(cfg, flag), "--" + flag.replace("_", "-"))
     if cfg.init:
         check_checkpoint_path(cfg.init, "--init")
+    if cfg.reward.rm_path and cfg.reward.rm_weight:   # loaded by the reward actors: checked here first
+        check_checkpoint(cfg.reward.rm_path, kind="score")
     if not cfg.address:   # a cluster may have the GPU this machine lacks
         check_device(cfg.device)
     ckpt_dir = str((run_dir / "checkpoint").resolve())

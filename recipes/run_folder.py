@@ -12,7 +12,10 @@ import json
 import shutil
 from pathlib import Path
 
+from torch import nn
+
 from learner.learner import COMPLETE_MARK, find_checkpoint
+from minimind.checkpoint import CheckpointError, check_header_fits
 
 RESULTS = ("checkpoint", "checkpoint.tmp", "checkpoint.old", "metrics.jsonl", "final", "summary.json")
 """What makes a folder hold an earlier run (checkpoint.tmp/.old: what an interrupted save leaves)."""
@@ -62,3 +65,37 @@ def resume_hint(ckpt_dir: str | Path, save_flag: str) -> str:
         return f"no checkpoint was saved ({save_flag} saves one every N steps)"
     step = json.loads((found / COMPLETE_MARK).read_text()).get("step")
     return f"--resume continues from the checkpoint at step {step}"
+
+
+SHAPE_SETTINGS = ("preset", "vocab_size", "tokenizer", "init", "teacher", "rank", "target_modules")
+"""Settings of a supervised run that decide its model's tensors and their shapes."""
+
+
+def check_resume_fits(run_dir: str | Path, model: nn.Module, settings: dict) -> None:
+    """--resume: the run folder's checkpoint must hold `model` (same tensors, same shapes; only its header is
+    read). If it does not, one line naming the settings (`settings`: this run's, as config_to_dict gives them)
+    that differ from those the earlier run wrote to <run_dir>/config.json, and the flags that fix it.
+    Called before this run rewrites that config.json."""
+    run_dir = Path(run_dir)
+    found = find_checkpoint(run_dir / "checkpoint")
+    if found is None:
+        return   # the train loop says that there is nothing to resume
+    try:
+        check_header_fits(found / "model.safetensors", model)
+    except CheckpointError as e:
+        earlier_file = run_dir / "config.json"
+        earlier = json.loads(earlier_file.read_text()) if earlier_file.is_file() else {}
+        differ = [k for k in SHAPE_SETTINGS if k in earlier and k in settings and earlier[k] != settings[k]]
+        flags = lambda conf: " ".join(f"--{k.replace('_', '-')} {_shown(conf[k])}" for k in differ)  # noqa: E731
+        if differ:
+            raise CheckpointError(f"--resume: the checkpoint in {found} was made with {flags(earlier)} but this run "
+                                  f"asks for {flags(settings)}: pass {flags(earlier)} to continue that run, or "
+                                  f"--overwrite to start a new one") from None
+        raise CheckpointError(f"--resume: the checkpoint in {found} does not hold the model this run builds ({e}); "
+                              f"resume with the settings of that run (in {earlier_file}), or pass --overwrite "
+                              f"to start a new one") from None
+
+
+def _shown(value) -> str:
+    """A setting as it is typed on the command line."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -36,12 +36,12 @@ from minimind.data.datasets import BatchIterator
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import MiniMindTokenizer, check_fits, train_tokenizer
 
+from learner.learner import Learner
+from learner.supervised import train_loop
 from recipes.cli import config_to_dict, parse_config
 from recipes.errors import RunStopped, run_or_exit
-from learner.learner import Learner
 from recipes.inputs import check_checkpoint_path, check_data_path, check_device
-from recipes.run_folder import check_run_folder, resume_hint, start_fresh
-from learner.supervised import train_loop
+from recipes.run_folder import check_resume_fits, check_run_folder, resume_hint, start_fresh
 from recipes.supervised_config import RecipeConfig
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,8 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
         plot_keys: Sequence[str] = ("loss", "lr", "grad_norm")) -> tuple[Learner, dict[str, float]]:
     """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked)."""
     cfg = run.cfg
+    if cfg.resume:   # before config.json is rewritten: it says what the checkpoint was made with
+        check_resume_fits(run.run_dir, model, config_to_dict(cfg))
     # the run starts for real here (data read, model built): only now may the earlier results go
     start_fresh(run.run_dir, cfg.resume)
     (run.run_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))

@@ -60,11 +60,10 @@ class Reaper:
             pass
 
 
-def _end(pids: set[int]) -> None:
+def _end(watched: list[psutil.Process]) -> None:
     procs: dict[int, psutil.Process] = {}
-    for pid in pids:
-        try:
-            p = psutil.Process(pid)
+    for p in watched:
+        try:   # psutil checks that the pid is still the process it was (creation time): not a reused one
             for q in [p, *p.children(recursive=True)]:
                 procs[q.pid] = q
         except psutil.NoSuchProcess:
@@ -86,11 +85,17 @@ def _end(pids: set[int]) -> None:
 def main(argv: list[str]) -> None:
     temp_dir = Path(argv[0])
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the driver's Ctrl-C is the driver's to handle
-    pids: set[int] = set()
+    # Each pid is bound to its process (psutil keeps its creation time) when it arrives, while the process
+    # runs: by the end it may have exited and the pid gone to a process of someone else (pid_max can be
+    # 32768: pids come round in minutes on a busy machine), which must not be ended.
+    watched: list[psutil.Process] = []
     for line in sys.stdin:
         if line.strip().isdigit():
-            pids.add(int(line))
-    _end(pids)
+            try:
+                watched.append(psutil.Process(int(line)))
+            except psutil.NoSuchProcess:
+                continue
+    _end(watched)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 

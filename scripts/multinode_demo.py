@@ -6,7 +6,7 @@ rollout workers on the other: what `ray up cluster.yaml` gives you, without a cl
 
 It runs
 
-    ray start --head --port=<free> --num-cpus=1 --resources='{"head_node": 1}'   --temp-dir=<own dir> ...
+    ray start --head --port=0 --num-cpus=1 --resources='{"head_node": 1}'   --temp-dir=<own dir> ...
     ray start --address=<head>      --num-cpus=1 --resources='{"worker_node": 1}' --temp-dir=<own dir> ...
     python experiments/grpo_math.py --address=<head> \\
         --learner-resources='{"head_node": 0.1}' --rollout-resources='{"worker_node": 0.1}' ...
@@ -19,12 +19,13 @@ Notes (Ray 2.60 on Linux): a worker node cannot join a head started with
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (that switch means "single-node, loopback only"), and with the
 default the nodes register under the machine's own IP (not 127.0.0.1) even when
 --node-ip-address=127.0.0.1 is given; so the two nodes listen on that IP, with Ray's token auth
-(RAY_AUTH_MODE=token, token in ~/.ray/auth_token). Dashboard off, own ports.
+(RAY_AUTH_MODE=token, token in ~/.ray/auth_token). Dashboard off, own ports (picked as they are bound).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import signal
@@ -40,17 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 PLACEMENT_RE = re.compile(r"\[ray\] (\d+) nodes; placement: (.*)")
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def client_server_port() -> int:
+    """A port for the head's Ray client server, the one port `ray start` cannot be told to pick itself
+    (every other port here is 0: the process that binds it picks a free one). Drawn below the kernel's
+    ephemeral range, which every outgoing connection and port-0 bind on the machine draws from (a port
+    found free there can be taken before `ray start` binds it: other Ray clusters on the machine open
+    connections all the time), and above Ray's worker ports (10002-19999)."""
+    low = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.is_file() else 32768
+    for port in random.Random().sample(range(20000, low), k=min(100, max(0, low - 20000))):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in 20000-{low - 1} for the Ray client server")
 
 
 def ray_cli() -> str:
@@ -133,20 +141,19 @@ class LocalCluster:
         return text
 
     def start(self, cpus_per_node: int = 1, object_store_mb: int = 150) -> "LocalCluster":
-        p = free_ports(10)
+        # port 0: each process binds a port the kernel picks (Ray's defaults are fixed ports, e.g. 52365 for
+        # the agent: taken by any other cluster on the machine)
+        agents = ["--dashboard-agent-listen-port=0", "--dashboard-agent-grpc-port=0", "--runtime-env-agent-port=0",
+                  "--metrics-export-port=0"]
         common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={object_store_mb * 2**20}",
-                  f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
-        text = self._ray_start(["--head", f"--port={p[0]}", "--include-dashboard=false",
-                                "--resources={\"head_node\": 1}", f"--ray-client-server-port={p[1]}",
-                                f"--dashboard-agent-listen-port={p[2]}", f"--dashboard-agent-grpc-port={p[3]}",
-                                f"--runtime-env-agent-port={p[4]}", f"--metrics-export-port={p[5]}", *common])
+                  f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *agents]
+        text = self._ray_start(["--head", "--port=0", "--include-dashboard=false", "--resources={\"head_node\": 1}",
+                                f"--ray-client-server-port={client_server_port()}", *common])
         m = re.search(r"ray start --address='([^']+)'", text)
         if not m:
             raise RuntimeError(f"could not find the head address in:\n{text[-2000:]}")
         self.address = m.group(1)
-        self._ray_start([f"--address={self.address}", "--resources={\"worker_node\": 1}",
-                         f"--dashboard-agent-listen-port={p[6]}", f"--dashboard-agent-grpc-port={p[7]}",
-                         f"--runtime-env-agent-port={p[8]}", f"--metrics-export-port={p[9]}", *common])
+        self._ray_start([f"--address={self.address}", "--resources={\"worker_node\": 1}", *common])
         return self
 
 

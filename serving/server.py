@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 
 import torch
 
-from minimind.checkpoint import load_model
+from minimind.checkpoint import check_checkpoint, load_model
 from minimind.tokenizer import MiniMindTokenizer
 
 from .config import ServeConfig
@@ -26,17 +26,31 @@ from .protocol import Completion, Limits, parse_chat, parse_completion
 from .tools import tool_message
 
 
+def check_model(cfg: ServeConfig) -> None:
+    """What `load_checkpoint` would refuse, found without loading the weights (a MiniMind .pth excepted, see
+    minimind.checkpoint.check_checkpoint): run by experiments/serve.py before any replica starts."""
+    cfg.check_source()
+    src = Path(cfg.model or cfg.init)
+    served_tokenizer(cfg, src, check_checkpoint(src))
+
+
+def served_tokenizer(cfg: ServeConfig, src: Path, model_config: Any) -> MiniMindTokenizer:
+    """The tokenizer of --tokenizer (default: the checkpoint's folder), checked against the model's vocabulary."""
+    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else (src if src.is_dir() else src.parent)
+    tok = MiniMindTokenizer.load(tok_dir)
+    if tok.vocab_size > model_config.vocab_size:
+        raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} tokens but the model {src} only "
+                         f"{model_config.vocab_size}: pass the tokenizer the model was trained with (--tokenizer)")
+    return tok
+
+
 def load_checkpoint(cfg: ServeConfig) -> tuple[torch.nn.Module, MiniMindTokenizer, str]:
     """(model, tokenizer, served name) for --model/--init/--tokenizer; vocabularies checked."""
     src = Path(cfg.model or cfg.init)
     model = load_model(src, device=cfg.device)
     if cfg.device == "cpu" and next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
         model = model.float()  # half precision matmuls are 10-100x slower than fp32 on CPUs
-    tok_dir = Path(cfg.tokenizer) if cfg.tokenizer else (src if src.is_dir() else src.parent)
-    tok = MiniMindTokenizer.load(tok_dir)
-    if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"tokenizer {tok_dir} has {tok.vocab_size} tokens but the model {src} only "
-                         f"{model.config.vocab_size}: pass the tokenizer the model was trained with (--tokenizer)")
+    tok = served_tokenizer(cfg, src, model.config)
     name = cfg.name or (src.name if src.is_dir() else src.stem)
     return model, tok, name
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minimind.checkpoint import (CheckpointError, load_minimind_pth, load_model, load_score_model,
+from minimind.checkpoint import (CheckpointError, check_checkpoint, load_minimind_pth, load_model, load_score_model,
                                  read_checkpoint_config, save_model)
 from minimind.config import preset
 from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
@@ -94,6 +94,33 @@ def test_corrupt_file_names_file(tmp_path, dense):
     f.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match=str(f).replace("\\", "\\\\")):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("cut in half", "truncated: its header lists tensors of"), ("cut in the header", "truncated, or not a safetensors"),
+    ("4 bytes", "too short for a safetensors file"), ("random bytes", "not a safetensors file"),
+    ("header not JSON", "header is not JSON"), ("offsets that do not add up", "its offsets give"),
+    ("another model's weights", "unexpected tensor(s)")])
+def test_check_checkpoint_reads_only_the_header_and_names_the_damage(tmp_path, dense, damage, expected):
+    """What load_model refuses, check_checkpoint refuses with the same line, from config.json and the header."""
+    assert check_checkpoint(save_model(dense, tmp_path)) == dense.config
+    f = tmp_path / "model.safetensors"
+    data = f.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header["model.norm.weight"]["data_offsets"][1] += 4
+    shifted = json.dumps(header).encode()
+    f.write_bytes({"cut in half": data[: len(data) // 2], "cut in the header": data[: n // 2],
+                   "4 bytes": data[:4], "random bytes": bytes(torch.randint(0, 256, (len(data),)).tolist()),
+                   "header not JSON": data[:8] + b"\xff" * n + data[8 + n:],
+                   "offsets that do not add up": len(shifted).to_bytes(8, "little") + shifted + data[8 + n:],
+                   "another model's weights": save_model(MiniMindForCausalLM(preset("tiny-qk")),
+                                                         tmp_path / "other").joinpath("model.safetensors").read_bytes(),
+                   }[damage])
+    for check in (check_checkpoint, load_model):
+        with pytest.raises(CheckpointError) as e:
+            check(tmp_path)
+        assert str(e.value).startswith(f"{f}: ") and expected in str(e.value), str(e.value)
 
 
 def _resave(path: Path, mutate):

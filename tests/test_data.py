@@ -387,6 +387,15 @@ def test_batch_iterator_rejects_mismatched_state_and_empty():
         BatchIterator(Range(2), batch_size=3, drop_last=True)
 
 
+def test_a_long_line_cut_before_tokenizing_still_fills_its_block(tok, tmp_path):
+    """per_line: a line is cut before it is tokenized (a 10 MB line costs what a block costs), never so
+    short that its block loses tokens, even where a token stands for 10 characters."""
+    text = " assistant" * 100_000   # 1 MB, one 10-character token per word
+    f = write_lines(tmp_path / "pre.jsonl", [{"text": text}, {"text": "hello world"}])
+    ds = PretrainDataset(f, tok, seq_len=16, per_line=True)
+    assert ds[0]["input_ids"].tolist() == [tok.bos_id] + tok.encode(text[:1000])[:14] + [tok.eos_id]
+
+
 def test_batch_iterator_with_dataset_collate(tok, tmp_path):
     f = write_lines(tmp_path / "pre.jsonl", [{"text": "hello world the cat sat"}] * 5)
     ds = PretrainDataset(f, tok, seq_len=8, cache_dir=tmp_path / "c")

@@ -18,7 +18,6 @@ PORT OUT`); they write each case's weights after each step for the test to compa
 from __future__ import annotations
 
 import copy
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 from learner.actor import LearnerWorker
 from learner.config import OptimConfig
+from learner.distributed import rendezvous_store
 from learner.learner import Learner
 from learner.losses import ClipConfig, GRPOLoss, KLConfig, PPOLoss, SPOLoss, make_policy_loss
 from learner.stages import (DistillStage, DPOStage, GRPOStage, LMStage, PPOStage, RewardModelStage,
@@ -158,20 +158,17 @@ def _rank_main(rank: int, port: int, out: Path) -> None:
     results = {}
     for case in CASES:
         worker = LearnerWorker(lambda: make_learner(case), threads=1, rank=rank, world_size=2)
-        worker.join("127.0.0.1", port, "cpu", timeout_s=120)
+        worker.join("127.0.0.1", port, "cpu", timeout_s=600)   # a bound against a hang only
         results[case] = train(worker, case, 2, rank)
     if rank == 0:
         torch.save(results, out / "two_ranks.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_update_like_one_learner_for_every_stage(tmp_path, one_thread):
-    port = _free_port()
+    # the ranks meet at a store this process serves, on a port bound from the start (a port picked free and
+    # bound later by rank 0 can be taken in between by whatever else runs on the machine)
+    store = rendezvous_store("127.0.0.1", timeout_s=600)
+    port = store.port
     procs = [subprocess.Popen([sys.executable, __file__, str(r), str(port), str(tmp_path)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for r in range(2)]
     one = {case: train(LearnerWorker(lambda: make_learner(case), threads=1), case, 1, 0) for case in CASES}

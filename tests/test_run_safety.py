@@ -134,8 +134,8 @@ def _bad_inputs(tmp: Path, earlier: Path) -> dict[str, tuple[list[str], str]]:
         "bad config.json": (["sft.py", f"--init={badcfg}"], "config.json"),
         "pickled .pth": (["sft.py", f"--init={tmp / 'pickled.pth'}", f"--tokenizer={earlier / 'final'}"],
                          "pickled Python objects"),
-        "shape mismatch on resume": (["pretrain.py", f"--run-dir={bigger}", "--resume", "--preset=demo", "--steps=3"],
-                                     "differ in shape"),
+        "another preset on resume": (["pretrain.py", f"--run-dir={bigger}", "--resume", "--preset=demo", "--steps=3"],
+                                     "made with --preset tiny but this run asks for --preset demo: pass --preset tiny"),
         "truncated trainer state": (["pretrain.py", f"--run-dir={state}", "--resume", "--steps=3"],
                                     "truncated or corrupt"),
     }
@@ -143,7 +143,7 @@ def _bad_inputs(tmp: Path, earlier: Path) -> dict[str, tuple[list[str], str]]:
 
 CASES = ["data is a folder", "empty data file", "every line bad", "parquet wrong columns", "unknown preset",
          "cuda without a GPU", "missing init", "truncated safetensors", "bad config.json", "pickled .pth",
-         "shape mismatch on resume", "truncated trainer state"]
+         "another preset on resume", "truncated trainer state"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda case needs a machine without a GPU")

@@ -107,6 +107,37 @@ def test_encode_chat_matches_template_and_mask(tok):
     assert gen == ids[: len(gen)]  # the prompt is a prefix of the full conversation
 
 
+def _long_chat(seed: int) -> list[dict]:
+    """Turns of 1-300 words from CORPUS (typed turn ends included): long enough that a cut happens."""
+    import random
+
+    rng = random.Random(seed)
+    words = " ".join(CORPUS[:6]).split(" ") + ["<|im_end|>", "\n"]
+    turn = lambda: " ".join(rng.choice(words) for _ in range(rng.randint(1, 300)))  # noqa: E731
+    msgs = [{"role": "system", "content": turn()}]
+    for _ in range(rng.randint(1, 4)):
+        msgs += [{"role": "user", "content": turn()}, {"role": "assistant", "content": turn()}]
+    return msgs
+
+
+@pytest.mark.parametrize("options", [{}, {"last_turn_only": True}, {"label_turn_newline": True}])
+def test_a_chat_cut_before_tokenizing_keeps_the_tokens_asked_for(tok, options):
+    """max_tokens cuts the rendered text before BPE: the first (keep_end: last) max_tokens ids and mask are
+    those of the whole chat, and the mask still marks the right turns (DPO's last one even when it is cut away)."""
+    cut = 0
+    for seed in range(30):
+        msgs = _long_chat(seed)
+        ids, mask = tok.encode_chat_masked(msgs, **options)
+        for n in (1, 7, 40):
+            cut += len(tok.apply_chat_template(msgs)) > tok.chars_for_tokens(n)
+            assert tok.encode_chat_masked(msgs, max_tokens=n, **options) == (ids[:n], mask[:n]), (seed, n)
+            assert tok.encode_chat_masked(msgs, max_tokens=n, keep_end=True, **options) == (ids[-n:], mask[-n:])
+    assert cut > 30   # most of them were cut
+    # a text of n characters has at least n / max_token_chars tokens, the bound the cut rests on
+    text = " ".join(CORPUS)
+    assert len(tok.encode(text)) * tok.max_token_chars >= len(text)
+
+
 def test_encode_chat_does_not_parse_specials_inside_content(tok):
     msgs = [{"role": "user", "content": "fake<|im_end|>"}]
     ids = tok.encode_chat(msgs)

@@ -73,39 +73,51 @@ def strip_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def check_tensors(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], source: str | Path,
+                  tied: bool, expected_from: str = "") -> None:
+    """Names and shapes of a checkpoint's tensors (`found`) against the model's (`expected`): a missing,
+    unexpected or wrongly shaped tensor raises CheckpointError naming `source` and the tensor (`expected_from`
+    says where the expected shapes come from, e.g. the config.json). A tied model (`tied`) accepts
+    `lm_head.weight` absent (our format) or present with the embedding's shape (MiniMind .pth)."""
+    found, expected = dict(found), dict(expected)
+    where = f" ({expected_from})" if expected_from else ""
+    if tied:
+        expected.pop(TIED_KEY, None)
+        got = found.pop(TIED_KEY, None)
+        if got is not None and EMBED_KEY in expected and tuple(got) != tuple(expected[EMBED_KEY]):
+            raise CheckpointError(f"{source}: tensor '{TIED_KEY}' has shape {tuple(got)}, expected "
+                                  f"{tuple(expected[EMBED_KEY])}{where}")
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing:
+        raise CheckpointError(f"{source}: missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
+                              f"({len(missing)} missing){where}")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected[:8]}"
+                              f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} not in the model){where}")
+    for k, want in expected.items():
+        if tuple(found[k]) != tuple(want):
+            raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(found[k])}, expected {tuple(want)}{where}")
+
+
 def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str | Path,
                  drop_derived: bool = False) -> None:
-    """Copy `sd` into `model`, refusing missing / unexpected / wrongly shaped tensors.
-
-    A tied model accepts `lm_head.weight` absent (our format) or present (MiniMind .pth); when
-    present it must have the embedding's shape and is otherwise ignored (it is the same tensor)."""
+    """Copy `sd` into `model`, refusing missing / unexpected / wrongly shaped tensors (`check_tensors`);
+    a tied `lm_head.weight`, when present, must also equal the embedding (it is the same tensor)."""
     sd = dict(sd)
     if drop_derived:
         sd = {k: v for k, v in sd.items() if not DERIVED_KEYS.search(k)}
     expected = model.state_dict()
     tied = is_tied(model)
+    check_tensors({k: tuple(v.shape) for k, v in sd.items()}, {k: tuple(v.shape) for k, v in expected.items()},
+                  source, tied)
     if tied and TIED_KEY in sd:
-        got = sd.pop(TIED_KEY)
-        want = tuple(expected[EMBED_KEY].shape)
-        if tuple(got.shape) != want:
-            raise CheckpointError(f"{source}: tensor '{TIED_KEY}' has shape {tuple(got.shape)}, expected {want}")
-        if EMBED_KEY in sd and not torch.equal(got, sd[EMBED_KEY]):
+        if EMBED_KEY in sd and not torch.equal(sd[TIED_KEY], sd[EMBED_KEY]):
             raise CheckpointError(f"{source}: tensor '{TIED_KEY}' differs from '{EMBED_KEY}' but the config "
                                   "ties them (tie_word_embeddings=True); use a config with untied embeddings")
+        sd.pop(TIED_KEY)
     if tied:
         expected.pop(TIED_KEY, None)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing:
-        raise CheckpointError(f"{source}: missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''} "
-                              f"({len(missing)} missing)")
-    if unexpected:
-        raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected[:8]}"
-                              f"{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} not in the model)")
-    for k, want in expected.items():
-        if tuple(sd[k].shape) != tuple(want.shape):
-            raise CheckpointError(f"{source}: tensor '{k}' has shape {tuple(sd[k].shape)}, "
-                                  f"expected {tuple(want.shape)}")
     with torch.no_grad():
         for k, want in expected.items():
             want.copy_(sd[k])

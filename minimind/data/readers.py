@@ -282,18 +282,24 @@ def read_records(
                 raise DataError(message) from None
             report.add(message, str(e))
     report.n_ok = len(records)
+    finish_report(report, report_path)
+    return ReadResult(records, report)
+
+
+def finish_report(report: ReadReport, report_path: str | Path | None) -> None:
+    """Once a source is read: its skipped records summed up on stderr (and appended to `report_path`);
+    DataError if it gave no record at all, which says why here (not "dataset of 0 items" further down)."""
     if report.n_bad:
         logger.warning(report.summary())
         print(report.summary() + (f" -> every one in {report_path}" if report_path else ""), file=sys.stderr)
         if report_path is not None:
             report.write(report_path)
-    if not records:
-        # nothing to train on: say why here, not as "dataset of 0 items" further down
+    if not report.n_ok:
         if not report.n_bad:
-            raise DataError(f"{path}: the data file holds no records (it is empty)")
+            raise DataError(f"{report.path}: the data file holds no records (it is empty)")
         where = f"; every one is listed in {report_path}" if report_path is not None else ""
-        raise DataError(f"{path}: every record is bad ({report.n_bad} skipped, first: {report.issues[0]}){where}")
-    return ReadResult(records, report)
+        raise DataError(f"{report.path}: every record is bad ({report.n_bad} skipped, first: "
+                        f"{report.issues[0]}){where}")
 
 
 def read_pretrain(path: str | Path, *, strict: bool = False, report_path: str | Path | None = None,

@@ -4,22 +4,19 @@ Rows are math records ({"prompt"|"question", "answer"}) or chats ({"conversation
 everything before the last assistant message, whose content is the answer; MiniMind-3's rlaif.jsonl
 leaves it empty). With a tokenizer, its template renders the prompt (so a MiniMind v2 template adds
 its default system message, exactly as at SFT time) and prompts longer than `max_prompt_tokens` are
-dropped (or cut from the left with truncate_long_prompts=True), counted and reported with file:line.
+dropped (or cut from the left with truncate_long_prompts=True), counted and reported with file:line;
+a source with no usable prompt at all raises DataError (as the supervised readers do).
 """
 from __future__ import annotations
 
 import hashlib
-import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from minimind.data.readers import (DataError, Message, ReadReport, _Bad, chat_tools, iter_rows,
+from minimind.data.readers import (DataError, Message, ReadReport, _Bad, chat_tools, finish_report, iter_rows,
                                    parse_conversation, parse_math)
 from minimind.tokenizer import MiniMindTokenizer, render_chat
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,11 +74,15 @@ class RLPromptDataset:
                     text = tokenizer.apply_chat_template(msgs_t, add_generation_prompt=True, tools=tools,
                                                          **template_kwargs)
                     if max_prompt_tokens is not None:
+                        # one token more than the limit tells a prompt over it; a longer one is cut
+                        # before it is tokenized (a 10 MB line costs what the limit costs)
                         ids = tokenizer.encode_chat(msgs_t, add_generation_prompt=True, tools=tools,
-                                                    **template_kwargs)
+                                                    max_tokens=max_prompt_tokens + 1,
+                                                    keep_end=truncate_long_prompts, **template_kwargs)
                         if len(ids) > max_prompt_tokens:
                             if not truncate_long_prompts:
-                                raise _Bad(f"prompt has {len(ids)} tokens > max_prompt_tokens={max_prompt_tokens}")
+                                raise _Bad(f"prompt has more than {max_prompt_tokens} tokens "
+                                           f"(max_prompt_tokens={max_prompt_tokens})")
                             # keep the end: the question and the generation prompt
                             text = tokenizer.decode(ids[-max_prompt_tokens:], skip_special_tokens=False)
                             self.n_truncated += 1
@@ -93,11 +94,7 @@ class RLPromptDataset:
             self.items.append(RLPrompt(text, prompt_key(text), answer, tuple(msgs)))
         report.n_ok = len(self.items)
         self.report = report
-        if report.n_bad:
-            logger.warning(report.summary())
-            print(report.summary() + (f" -> every one in {report_path}" if report_path else ""), file=sys.stderr)
-            if report_path is not None:
-                report.write(report_path)
+        finish_report(report, report_path)   # no usable prompt at all: DataError, not a run without prompts
 
     def __len__(self) -> int:
         return len(self.items)

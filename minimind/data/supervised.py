@@ -28,8 +28,9 @@ class PretrainDataset:
         blocks; no compute wasted on padding, only the final partial block is padded.
     per_line=True (MiniMind's layout): one block per line, `[bos] + text + [eos]` cut to seq_len,
         padded (pad 0, labels -100), as MiniMind's own PretrainDataset builds them.
-    A line longer than `max_chars_per_line` characters is cut before tokenizing (default: enough
-    for any seq_len block per line; 1M characters when packing).
+    A line longer than `max_chars_per_line` characters is cut before tokenizing (default: per line,
+    `tokenizer.chars_for_tokens(seq_len)`, which leaves a block's tokens as they are; 1M characters when
+    packing).
     """
 
     def __init__(self, source: str | Path, tokenizer: MiniMindTokenizer, seq_len: int = 512,
@@ -38,9 +39,7 @@ class PretrainDataset:
         if seq_len < 2:
             raise ValueError(f"seq_len must be >= 2, got {seq_len}")
         self.seq_len, self.per_line = seq_len, per_line
-        # a token covers at least one byte and a character at most 4: 4 * seq_len characters hold
-        # more than seq_len tokens
-        max_chars = max_chars_per_line or (4 * seq_len if per_line else 1_000_000)
+        max_chars = max_chars_per_line or (tokenizer.chars_for_tokens(seq_len) if per_line else 1_000_000)
 
         def build_lines() -> tuple[pa.Table, dict]:
             res = read_pretrain(source, strict=strict, report_path=report_path, max_chars=max_chars)
@@ -97,8 +96,8 @@ def sft_example(tokenizer: MiniMindTokenizer, messages: Sequence[Mapping[str, An
     from the system message, MiniMind-3 style): loss only on assistant turns and their `<|im_end|>`
     (+ the `\n` after it with label_turn_newline, MiniMind's labelling), right-truncated to max_len."""
     msgs, tools = chat_tools(list(messages))
-    ids, mask = tokenizer.encode_chat_masked(msgs, tools=tools, label_turn_newline=label_turn_newline)
-    ids, mask = ids[:max_len], mask[:max_len]
+    ids, mask = tokenizer.encode_chat_masked(msgs, tools=tools, label_turn_newline=label_turn_newline,
+                                             max_tokens=max_len)
     return ids, [t if m else IGNORE_INDEX for t, m in zip(ids, mask)]
 
 
@@ -158,8 +157,8 @@ def dpo_side(tokenizer: MiniMindTokenizer, messages: Sequence[Mapping[str, Any]]
     (+ `\n` with label_turn_newline); the prompt is every message before it."""
     msgs, tools = chat_tools(list(messages))
     ids, mask = tokenizer.encode_chat_masked(msgs, tools=tools, label_turn_newline=label_turn_newline,
-                                             last_turn_only=True)
-    return ids[:max_len], mask[:max_len]
+                                             last_turn_only=True, max_tokens=max_len)
+    return ids, mask
 
 
 class DPODataset:
