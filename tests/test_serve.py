@@ -1,98 +1,28 @@
 """The OpenAI-compatible server on Ray Serve, through the official `openai` client on loopback.
 
-One app for the whole module (Ray Serve start ~7 s): a random-init `tiny` model (init std 0.2,
-so greedy choices are far from ties) and a BPE trained on the built-in math text. Every greedy
-answer is compared with `minimind.generate.generate` run in this process on the same checkpoint.
+One app for the whole module (Ray Serve start ~7 s; the `server` fixture in conftest.py): a random-init
+`tiny` model (init std 0.2, so greedy choices are far from ties) and a BPE trained on the built-in math
+text. Every greedy answer is compared with `minimind.generate.generate` run in this process on the
+same checkpoint (serving_helpers.Reference).
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai", reason="pip install openai (the test extra) to test the server")
 pytest.importorskip("ray.serve", reason="pip install 'ray[serve]' (the serve extra) to test the server")
 requests = pytest.importorskip("requests")
 
-from minimind.checkpoint import load_model, save_model  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.data import synthetic_math as sm  # noqa: E402
-from minimind.generate import SamplingParams, generate  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from minimind.tokenizer import MiniMindTokenizer, train_tokenizer  # noqa: E402
+from serving_helpers import MAX_TOKENS, Reference, make_checkpoint, user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_TOKENS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    tok = train_tokenizer(sm.pretrain_texts(sm.generate_problems(200, seed=0, split="train"), facts=False),
-                          vocab_size=320)
-    torch.manual_seed(seed)
-    model = MiniMindForCausalLM(preset("tiny", vocab_size=tok.vocab_size, initializer_range=0.2)).eval()
-    save_model(model, path)
-    tok.save(path)
-    return path
-
-
-class Reference:
-    """Greedy answers of `minimind.generate` for the served checkpoint (or other weights)."""
-
-    def __init__(self, ckpt: Path):
-        self.model = load_model(ckpt)
-        self.tok = MiniMindTokenizer.load(ckpt)
-
-    def ids(self, messages) -> list[int]:
-        return self.tok.encode(self.tok.apply_chat_template(messages, add_generation_prompt=True))
-
-    def answer(self, prompt_ids: list[int], max_tokens: int = MAX_TOKENS) -> tuple[str, str, int, list[float]]:
-        """(text, finish_reason, completion tokens, logprobs) of the greedy completion."""
-        out = generate(self.model, [prompt_ids], SamplingParams(max_new_tokens=max_tokens, temperature=0,
-                                                                stop_token_ids=(self.tok.eos_id,)))
-        mask = out.response_mask[0].bool()
-        ids = out.response_ids[0][mask].tolist()
-        stopped = ids[-1] == self.tok.eos_id
-        text = self.tok.decode(ids[:-1] if stopped else ids)
-        return text, "stop" if stopped else "length", len(ids), out.logprobs[0][mask].tolist()
-
-    def chat(self, content: str, max_tokens: int = MAX_TOKENS):
-        return self.answer(self.ids([{"role": "user", "content": content}]), max_tokens)
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, tmp_path_factory):
-    from ray import serve as rayserve
-
-    from serving.app import start
-    from serving.engine import EngineConfig
-
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
-    served = start(model=ckpt, port=free_port(), max_n=4, batch=EngineConfig(max_batch_size=64, batch_wait_ms=20))
-    yield served, Reference(ckpt), ckpt
-    served.shutdown()
-    rayserve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def user(content: str) -> list[dict]:
-    return [{"role": "user", "content": content}]
 
 
 def test_chat_greedy_equals_native_generate_stream_and_not(server, client):
