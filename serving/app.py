@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve as rayserve
 
 from minimind.config import MiniMindConfig
@@ -170,6 +170,11 @@ class MiniMindServer:
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:
         return self.page
+
+    @api.get("/favicon.ico", status_code=204)
+    async def favicon(self) -> Response:
+        """Browsers ask for it on every page: no icon, and no 404 in the console."""
+        return Response(status_code=204)
 
     @api.get("/health")
     async def health(self) -> dict:

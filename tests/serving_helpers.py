@@ -13,9 +13,18 @@ from minimind.config import preset
 from minimind.data import synthetic_math as sm
 from minimind.generate import SamplingParams, generate
 from minimind.model import MiniMindForCausalLM
-from minimind.tokenizer import MiniMindTokenizer, train_tokenizer
+from minimind.tokenizer import MiniMindTokenizer, render_chat, train_tokenizer
+from rollout.env.tools import calculator_tool
 
 MAX_TOKENS = 24
+CALC = calculator_tool().schema()
+"""The project's calculator tool as the openai client sends it (keys `type, properties, required`)."""
+TOOL_CHAT = [{"role": "user", "content": "what is 123 * 45?"},
+             {"role": "assistant", "content": "", "tool_calls": [
+                 {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "123 * 45"}}}]},
+             {"role": "tool", "content": "5535"},
+             {"role": "assistant", "content": "#### 5535"}]
+"""One tool-use chat: the call, the calculator's result, the final answer."""
 
 
 def free_port() -> int:
@@ -25,8 +34,10 @@ def free_port() -> int:
 
 
 def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    tok = train_tokenizer(sm.pretrain_texts(sm.generate_problems(200, seed=0, split="train"), facts=False),
-                          vocab_size=320)
+    """A random-init tiny model and a BPE of the built-in math text and of TOOL_CHAT as the template
+    renders it (the tools block then takes ~200 tokens, not ~700)."""
+    texts = sm.pretrain_texts(sm.generate_problems(200, seed=0, split="train"), facts=False)
+    tok = train_tokenizer(texts + [render_chat(TOOL_CHAT, tools=[CALC])] * 20, vocab_size=640)
     torch.manual_seed(seed)
     model = MiniMindForCausalLM(preset("tiny", vocab_size=tok.vocab_size, initializer_range=0.2)).eval()
     save_model(model, path)

@@ -20,7 +20,7 @@ openai = pytest.importorskip("openai", reason="pip install openai (the test extr
 pytest.importorskip("ray.serve", reason="pip install 'ray[serve]' (the serve extra) to test the server")
 requests = pytest.importorskip("requests")
 
-from serving_helpers import MAX_TOKENS, Reference, make_checkpoint, user  # noqa: E402
+from serving_helpers import CALC, MAX_TOKENS, Reference, make_checkpoint, user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,12 @@ def test_malformed_json_and_bad_prompt_then_replica_still_serves(server, client)
     assert client.chat.completions.create(model="tiny", messages=user("hi"), max_tokens=4).choices
 
 
-def test_models_and_health(server, client):
+def test_models_health_and_favicon(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     h = requests.get(server[0].url + "/health").json()
     assert h["status"] == "ok" and h["model"] == "tiny"
+    r = requests.get(server[0].url + "/favicon.ico", timeout=30)
+    assert r.status_code == 204 and not r.content
 
 
 def test_load_64_chat_and_16_streaming_each_equals_alone(server):
@@ -233,6 +235,8 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 560})
+            failed: list[str] = []   # what the browser console would show as failed loads (e.g. a 404 favicon)
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(served.url + "/")
             page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
             page.fill("#temperature", "0")
@@ -247,18 +251,13 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
             assert page.locator(".msg").count() == 0
         finally:
             browser.close()
-    assert answer == expected
+    assert answer == expected and not failed, failed
     assert "completion tokens" in meta
     assert (tmp_path / "chat_page.png").stat().st_size > 5000
     print("screenshot:", tmp_path / "chat_page.png")
 
 
 # ----------------------------------------------------------------------------- tools
-CALC = {"type": "function", "function": {"name": "calculator", "description": "Exact arithmetic.",
-                                         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                                                        "required": ["expression"]}}}
-
-
 def test_chat_with_tools_renders_them_through_the_template(server, client):
     """tools, an assistant tool call (arguments as a JSON string) and a tool result reach the prompt as
     the tokenizer's template renders them; the answer is the native greedy one on that prompt."""

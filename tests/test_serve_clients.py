@@ -1,8 +1,9 @@
 """The server driven by clients people point at OpenAI-compatible servers: the `openai` client's
 completions with `echo` (prompt scoring), request fields the server does not take (a 400 naming the
-field, through `extra_body`), and lm-evaluation-harness (`lm-eval`) itself, in a subprocess, scoring a
+field, through `extra_body`), lm-evaluation-harness (`lm-eval`) itself, in a subprocess, scoring a
 four-way multiple-choice task through `local-completions` and generating through
-`local-chat-completions`. Every number is compared with the project's own model on the same checkpoint.
+`local-chat-completions`, and the tool loops of langchain-openai and of the `openai` client. Every
+number is compared with the project's own model on the same checkpoint.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ openai = pytest.importorskip("openai", reason="pip install openai (the test extr
 pytest.importorskip("ray.serve", reason="pip install 'ray[serve]' (the serve extra) to test the server")
 
 from minimind.data import synthetic_math as sm  # noqa: E402
-from serving_helpers import Reference, user  # noqa: E402
+from serving_helpers import CALC, TOOL_CHAT, Reference, user  # noqa: E402
 
 
 def model_logprobs(ref: Reference, ids: list[int]) -> list[float]:
@@ -208,3 +209,84 @@ def test_lm_eval_scores_choices_and_generates_through_the_server(server, tmp_pat
     assert len(samples) == 6
     for i, s in samples.items():
         assert s["resps"][0][0] == ref.chat(docs[i]["question"], 16)[0], (i, s["resps"])
+
+
+# ----------------------------------------------------------------------------- agent clients
+@pytest.fixture
+def tool_model(server):
+    """The served weights replaced (live, through `Served.load_weights`) by the tiny model fine-tuned
+    until it repeats TOOL_CHAT: the calculator call, then the answer after the result; put back after."""
+    served, _, ckpt = server
+    ref = Reference(ckpt)                       # its own copy: the module's reference model stays as served
+    ids, mask = ref.tok.encode_chat_masked(TOOL_CHAT, tools=[CALC])
+    x = torch.tensor([ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(ids, mask)]])
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(ref.model.parameters(), lr=1e-2)
+    ref.model.train()
+    for _ in range(200):
+        loss = ref.model(x, labels=labels).loss
+        if loss.item() < 0.01:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.01, f"the tiny model did not learn the tool chat (loss {loss.item():.3f})"
+    ref.model.eval()
+    served.load_weights(ref.model.state_dict(), version=1)
+    yield ref
+    served.load_weights(Reference(ckpt).model.state_dict(), version=2)
+
+
+def test_langchain_and_openai_tool_loops_call_the_calculator_and_get_the_answer(server, client, tool_model):
+    try:
+        from langchain_core.messages import HumanMessage
+        from langchain_core.tools import tool
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+        from langchain_openai import ChatOpenAI
+    except ImportError:
+        msg = "LANGCHAIN TEST NOT RUN: pip install langchain-openai (part of the test extra)"
+        print(f"\n*** {msg} ***\n", file=sys.stderr)
+        pytest.skip(msg)
+    from rollout.env.tools import calculator_tool
+
+    project_calculator = calculator_tool()
+    question = TOOL_CHAT[0]["content"]
+
+    @tool
+    def calculator(expression: str) -> str:
+        """Evaluate an arithmetic expression exactly: + - * / ** and parentheses."""
+        return str(project_calculator.fn(expression=expression))
+
+    schema = convert_to_openai_tool(calculator)
+    assert schema == CALC                                               # the same tool ...
+    assert list(schema["function"]["parameters"]) != list(CALC["function"]["parameters"])   # ... keys in another order
+
+    llm = ChatOpenAI(base_url=server[0].url + "/v1", api_key="unused", model="tiny", temperature=0, max_tokens=64,
+                     max_retries=0).bind_tools([calculator])
+    history = [HumanMessage(question)]
+    ai = llm.invoke(history)
+    assert [(c["name"], c["args"]) for c in ai.tool_calls] == [("calculator", {"expression": "123 * 45"})], ai
+    result = calculator.invoke(ai.tool_calls[0])                         # a ToolMessage with the call's id
+    final = llm.invoke([*history, ai, result])
+    transcript = [m.model_dump(include={"type", "content", "tool_calls", "tool_call_id"}) for m in
+                  (*history, ai, result, final)]
+    print("langchain transcript:", *map(json.dumps, transcript), sep="\n  ")
+    assert result.content == "5535" and final.content == "#### 5535" and not final.tool_calls
+
+    # the openai client's loop, schema keys in the openai order: the same prompt, call and answer
+    messages = user(question)
+    r = client.chat.completions.create(model="tiny", messages=messages, tools=[CALC], max_tokens=64, temperature=0,
+                                       logprobs=True)
+    assert r.usage.prompt_tokens == ai.response_metadata["token_usage"]["prompt_tokens"]
+    as_langchain = client.chat.completions.create(model="tiny", messages=messages, tools=[schema], max_tokens=64,
+                                                  temperature=0, logprobs=True)
+    assert as_langchain.choices[0].logprobs == r.choices[0].logprobs   # same prompt, to the last bit
+    (call,) = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "calculator"
+    answer = str(project_calculator.fn(**json.loads(call.function.arguments)))
+    messages += [r.choices[0].message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": answer}]
+    r = client.chat.completions.create(model="tiny", messages=messages, tools=[CALC], max_tokens=64, temperature=0)
+    assert r.choices[0].message.content == "#### 5535"
+    assert r.usage.prompt_tokens == final.response_metadata["token_usage"]["prompt_tokens"]
