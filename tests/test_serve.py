@@ -235,7 +235,7 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 560})
-            failed: list[str] = []   # what the browser console would show as failed loads (e.g. a 404 favicon)
+            failed: list[str] = []   # loads the console would show as failed (headless Chromium asks for no favicon)
             page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(served.url + "/")
             page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
