@@ -8,11 +8,11 @@
     python experiments/serve.py --model runs/sft/final --ray-address auto     # on the `ray up` cluster
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET / (chat page).
-Ctrl-C stops the app. See docs/serving.md.
+Without --ray-address the Ray it starts listens on 127.0.0.1 only and ends with this process (however it
+ends). Ctrl-C (or SIGTERM) stops the app. See docs/serving.md.
 """
 from __future__ import annotations
 
-import os
 import time
 
 from recipes.cli import parse_config
@@ -36,15 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = parse_config(ServeConfig, argv, description=__doc__.split("\n")[0])
     # in this process, before Ray starts: one line and exit 2, not a traceback from a replica
     run_or_exit(lambda: check_inputs(cfg))
-    import ray
-
+    from recipes.ray_session import init_ray   # the RL recipes' Ray: loopback only, ends with this process
     from serving.app import start
 
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False)
+    init_ray(cfg.ray_address, dashboard=False, dashboard_host="127.0.0.1", overlapping=True)
     served = start(config=cfg)
     print(f"MiniMind is served at {served.url}  (chat page: {served.url}/ , OpenAI base_url: {served.url}/v1)",
           flush=True)

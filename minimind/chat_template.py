@@ -8,9 +8,13 @@ string transformers gives for the same chat.
 
 `MINIMIND_CHAT_TEMPLATE` is the built-in tokenizer's template. It has MiniMind-3's structure (system,
 user, assistant with `<think>` reasoning, tools in the system turn, tool calls as
-`<tool_call>{json}</tool_call>`, tool results as a user turn of `<tool_response>` blocks), with two
+`<tool_call>{json}</tool_call>`, tool results as a user turn of `<tool_response>` blocks), with three
 choices of its own: a reasoning block is written only when a message has reasoning (plain chats stay
-plain ChatML), and the generation prompt opens a `<think>` block only when asked (`open_thinking`).
+plain ChatML), the generation prompt opens a `<think>` block only when asked (`open_thinking`), and
+tool schemas are written with their keys sorted (`tojson(sort_keys=true)`, which transformers' filter
+takes too): one canonical rendering in tool SFT data, rollouts and serving, whatever order a client
+writes its JSON schema in (langchain-openai sends `properties, required, type`, the openai examples
+`type, properties, required`), so a small model that learned one rendering is not thrown by another.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ MINIMIND_CHAT_TEMPLATE = (
     "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}\n"
     "{{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n"
     "You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}\n"
-    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson }}{%- endfor %}\n"
+    "{%- for tool in tools %}{{- '\\n' }}{{- tool | tojson(sort_keys=true) }}{%- endfor %}\n"
     "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
     "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\"name\": <function-name>, \"arguments\": "
     "<args-json-object>}\\n</tool_call><|im_end|>\\n' }}\n"

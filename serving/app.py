@@ -23,7 +23,7 @@ from typing import Any
 import ray
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve as rayserve
 
 from minimind.config import MiniMindConfig
@@ -112,6 +112,27 @@ def _weight_listener(server: ModelServer, board_name: str) -> None:
                                    done=lambda v, err: b.ack.remote(server.replica_id, v, err))
 
 
+def _replica_grpc_on_loopback() -> None:
+    """Ray Serve (2.60) starts an inter-deployment gRPC server in every replica bound to [::]:0, every
+    interface, and no setting changes that address (ray-project/ray issue 64544). On a loopback-only Ray
+    (this node's address is 127.0.0.1: recipes.ray_session.init_ray) it is bound to 127.0.0.1 instead, so the
+    whole app stays on this machine; on a cluster it is left as Serve binds it. Runs in the replica's
+    constructor, which Serve calls before it starts that server."""
+    if ray.util.get_node_ip_address() != "127.0.0.1":
+        return
+    from ray.serve._private import replica
+
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "loopback_only", False):
+        return
+
+    def bind_loopback(server, address: str) -> int:
+        return bind(server, address.replace("[::]", "127.0.0.1", 1))
+
+    bind_loopback.loopback_only = True
+    replica.add_port_to_grpc_server = bind_loopback
+
+
 def _respond(out: Any):
     if isinstance(out, dict):
         return JSONResponse(out)
@@ -129,6 +150,7 @@ def _config_from_dict(d: dict) -> ServeConfig:
 @rayserve.ingress(api)
 class MiniMindServer:
     def __init__(self, cfg: dict, board_name: str, model_cfg: dict | None = None, state: list | None = None):
+        _replica_grpc_on_loopback()
         cfg = _config_from_dict(cfg)
         if model_cfg is not None:      # an in-memory model handed to start(): its weights come by ref
             model = MiniMindForCausalLM(MiniMindConfig.from_dict(model_cfg)).to(cfg.device).eval()
@@ -149,6 +171,11 @@ class MiniMindServer:
     @api.get("/", response_class=HTMLResponse)
     async def page(self) -> str:
         return self.page
+
+    @api.get("/favicon.ico", status_code=204)
+    async def favicon(self) -> Response:
+        """Browsers ask for it on every page: no icon, and no 404 in the console."""
+        return Response(status_code=204)
 
     @api.get("/health")
     async def health(self) -> dict:

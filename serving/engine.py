@@ -51,6 +51,9 @@ class Update:
     finish_reason: str | None = None
     completion_tokens: int = 0
     error: str | None = None
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
+    """With the choice's first update, when the request scores its prompt (echo + logprobs): one entry
+    per prompt token, the first with logprob None (nothing precedes it)."""
 
 
 Sink = Callable[[list[Update]], None]
@@ -62,6 +65,7 @@ class Pending:
     sink: Sink
     rows_left: int = 0
     cancelled: bool = False
+    prompt_logprobs: list | None = None
 
 
 @dataclass
@@ -73,6 +77,7 @@ class _Row:
     count: int = 0
     dead: bool = False
     logprobs: list = field(default_factory=list)
+    sent_prompt: bool = False
 
 
 class Ticket:
@@ -176,6 +181,9 @@ class QueuedEngine:
 
 
 class ContinuousEngine(QueuedEngine):
+    scores_prompts = True
+    """Returns prompt logprobs (echo) and takes max_tokens 0 (the vLLM backend does not)."""
+
     def __init__(self, model, tok, cfg: EngineConfig, version: int = 0):
         super().__init__(cfg, version, "minimind-engine")
         if cfg.threads:
@@ -274,9 +282,23 @@ class ContinuousEngine(QueuedEngine):
                             device=self.device, dtype=self.dtype) for _ in range(self.mcfg.num_hidden_layers)]
         kv.v = [torch.zeros_like(k) for k in kv.k]
         kv.max_len = P
-        logits = self.model(ids, attention_mask=mask, cache=kv, logits_slice=slice(-1, None)).logits[:, -1].float()
+        out = self.model(ids, attention_mask=mask, cache=kv, logits_slice=slice(-1, None))
+        for i, r in enumerate(new):
+            if r.req.scores_prompt:
+                r.prompt_logprobs = self._prompt_logprobs(out.hidden_states[i, P - len(prompts[i]):], prompts[i],
+                                                          r.req.logprobs)
+        self.prefill_sizes[len(new)] += 1
+        scored_only = [r for r in new if r.req.max_tokens == 0]
+        if scored_only:
+            self._finish_scored(scored_only)
+        counts = [r.req.n if r.req.max_tokens else 0 for r in new]
+        if not any(counts):
+            self.cache.rebuild(keep)
+            self.logits = old_logits
+            return
+        logits = out.logits[:, -1].float()
         idx = torch.repeat_interleave(torch.arange(len(new), device=self.device),
-                                      torch.tensor([r.req.n for r in new], device=self.device))
+                                      torch.tensor(counts, device=self.device))
         if len(idx) != len(new):
             kv = repeat_rows(self.mcfg, kv, idx)
         pos = mask.sum(-1, keepdim=True)[idx]
@@ -284,9 +306,27 @@ class ContinuousEngine(QueuedEngine):
         new_logits = logits[idx]
         self.logits = new_logits if old_logits is None else torch.cat([old_logits, new_logits])
         for r in new:
-            for j in range(r.req.n):
+            for j in range(r.req.n if r.req.max_tokens else 0):
                 self.rows.append(_Row(r, j, ChoiceText(self.tok, r.req.stop, self.token_bytes), self._generator(r.req, j)))
-        self.prefill_sizes[len(new)] += 1
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, ids: list[int], k: int) -> list:
+        """Per prompt token: (id, logprob under the model given the tokens before it, top-k alternatives);
+        the first token has none. The model's own distribution (no temperature or top-p)."""
+        logp = F.log_softmax(self.model.lm_head(hidden[:-1]).float(), dim=-1)
+        nxt = torch.as_tensor(ids[1:], device=self.device)
+        lps = logp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
+        alts: list[list[tuple[int, float]]] = [[] for _ in lps]
+        if k > 0:
+            v, ix = logp.topk(k, dim=-1)
+            alts = [list(zip(a, b)) for a, b in zip(ix.tolist(), v.tolist())]
+        return [(ids[0], None, [])] + list(zip(ids[1:], lps, alts))
+
+    def _finish_scored(self, done: list[Pending]) -> None:
+        """Requests with max_tokens 0 (echo only): every choice ends now with the prompt, no tokens."""
+        for r in done:
+            r.rows_left = 0
+            self.served += 1
+            r.sink([Update(j, "", [], "length", 0, prompt_logprobs=r.prompt_logprobs) for j in range(r.req.n)])
 
     @staticmethod
     def _generator(req: Completion, j: int) -> torch.Generator | None:
@@ -360,6 +400,8 @@ class ContinuousEngine(QueuedEngine):
                 u = Update(row.index, row.text.text, row.logprobs, reason, row.count)
             else:
                 continue
+            if not row.sent_prompt:
+                u.prompt_logprobs, row.sent_prompt = o.prompt_logprobs, True
             updates.setdefault(id(o), (o, []))[1].append(u)
         for o, us in updates.values():
             if o.rows_left == 0:

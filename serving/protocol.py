@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import APIError
+from .fields import CHAT, CHAT_NOOPS, COMPLETIONS, COMPLETIONS_NOOPS, check_fields
 from .tools import message_tool_calls, parse_tools
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -44,12 +45,21 @@ class Completion:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     """None: no logprobs; k >= 0: the sampled token's logprob plus the k most likely alternatives."""
+    echo: bool = False
+    """/v1/completions: the reply starts with the prompt (with logprobs: the prompt tokens' logprobs too)."""
+    prompt_text: str = ""
+    """The prompt as the client wrote it (a string prompt) or as its token ids decode: what `echo` returns."""
     stream: bool = False
     include_usage: bool = False
     echo_model: str = ""
     tools: list[dict] | None = None
     """Function tools the prompt announced: the reply's tool calls become message.tool_calls."""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scores_prompt(self) -> bool:
+        """The engine returns a logprob (and top alternatives) for every prompt token after the first."""
+        return self.echo and self.logprobs is not None
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -101,12 +111,13 @@ def _model(body: dict, limits: Limits) -> str:
     return name
 
 
-def _common(body: dict, limits: Limits, prompt_ids: list[int], prompt_field: str) -> Completion:
+def _common(body: dict, limits: Limits, prompt_ids: list[int], prompt_field: str,
+            min_tokens: int = 1) -> Completion:
     model = _model(body, limits)
     n = _int(body, "n", 1, 1, limits.max_n)
     # max_tokens is checked on its own first, then against what the prompt leaves of the context
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _int(body, name, None, 1, limits.context)
+    max_tokens = _int(body, name, None, min_tokens, limits.context)
     if len(prompt_ids) >= limits.context:
         raise APIError(f"This model's maximum context length is {limits.context} tokens; the "
                        f"{prompt_field} has {len(prompt_ids)} tokens", param=prompt_field,
@@ -148,6 +159,7 @@ def _content(m: dict, i: int) -> str:
 
 def parse_chat(body: dict, limits: Limits, tok) -> Completion:
     """Validate a /v1/chat/completions body; renders the messages with the tokenizer's template."""
+    check_fields(body, CHAT, CHAT_NOOPS)
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise APIError("messages: must be a non-empty list of {role, content} objects", param="messages")
@@ -183,24 +195,53 @@ def _chat_logprobs(body: dict) -> int | None:
     return (top or 0) if want else None
 
 
-def parse_completion(body: dict, limits: Limits, tok) -> Completion:
-    """Validate a /v1/completions body (one prompt string or one list of token ids)."""
-    p = body.get("prompt")
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
-        p = p[0]
-    if isinstance(p, str):
-        ids = tok.encode(p)
-    elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-        if not all(0 <= t < tok.vocab_size for t in p):
-            raise APIError(f"prompt: token ids must be in [0, {tok.vocab_size})", param="prompt")
-        ids = list(p)
+def parse_completion(body: dict, limits: Limits, tok) -> list[Completion]:
+    """Validate a /v1/completions body: one prompt (a string or a list of token ids) or a list of
+    prompts (strings, or lists of token ids), one Completion each. `echo` returns the prompt before the
+    completion (with `logprobs: k`, each prompt token's logprob and its k most likely alternatives,
+    the first token's null); with echo, `max_tokens` may be 0 (score the prompt, generate nothing)."""
+
+    check_fields(body, COMPLETIONS, COMPLETIONS_NOOPS)
+    echo = body.get("echo", False)
+    if echo is None:
+        echo = False
+    if not isinstance(echo, bool):
+        raise APIError(f"echo={echo!r}: must be true or false", param="echo")
+    prompts = _prompts(body.get("prompt"), tok)
+    if len(prompts) > 1 and body.get("stream"):
+        raise APIError("stream=true with several prompts is not supported by this server: send one prompt per "
+                       "streamed request", param="stream")
+    logprobs = _int(body, "logprobs", None, 0, 20)
+    reqs = []
+    for i, (ids, text) in enumerate(prompts):
+        where = "prompt" if len(prompts) == 1 else f"prompt[{i}]"
+        req = _common(body, limits, ids, where, min_tokens=0 if echo else 1)
+        req.logprobs, req.echo, req.prompt_text = logprobs, echo, text
+        reqs.append(req)
+    return reqs
+
+
+def _prompts(p: Any, tok) -> list[tuple[list[int], str]]:
+    """(token ids, text) of each prompt: a string, a list of token ids, or a list of either."""
+    def is_ids(x: Any) -> bool:
+        return isinstance(x, list) and bool(x) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+
+    if isinstance(p, str) or is_ids(p):
+        items = [p]
+    elif isinstance(p, list) and p and all(isinstance(x, str) or is_ids(x) for x in p):
+        items = p
     else:
-        raise APIError("prompt: must be a string or a list of token ids (one prompt per request)", param="prompt")
-    if not ids:
-        raise APIError("prompt: must not be empty", param="prompt")
-    req = _common(body, limits, ids, "prompt")
-    req.logprobs = _int(body, "logprobs", None, 0, 20)
-    for name in ("echo", "best_of", "suffix"):
-        if body.get(name) not in (None, False, 1, ""):
-            raise APIError(f"{name}={body[name]!r} is not supported by this server", param=name)
-    return req
+        raise APIError("prompt: must be a string, a list of token ids, or a non-empty list of those", param="prompt")
+    out = []
+    for i, x in enumerate(items):
+        where = "prompt" if len(items) == 1 else f"prompt[{i}]"
+        if isinstance(x, str):
+            ids, text = tok.encode(x), x
+        else:
+            if not all(0 <= t < tok.vocab_size for t in x):
+                raise APIError(f"{where}: token ids must be in [0, {tok.vocab_size})", param=where)
+            ids, text = list(x), tok.decode(x, skip_special_tokens=False)
+        if not ids:
+            raise APIError(f"{where}: must not be empty", param=where)
+        out.append((ids, text))
+    return out

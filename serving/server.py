@@ -99,8 +99,19 @@ class ModelServer:
         return self._stream(req, chat=True) if req.stream else await self._complete(req, chat=True)
 
     async def completion(self, body: dict) -> dict | AsyncIterator[str]:
-        req = parse_completion(body, self.limits, self.tok)
-        return self._stream(req, chat=False) if req.stream else await self._complete(req, chat=False)
+        reqs = parse_completion(body, self.limits, self.tok)
+        if not getattr(self.engine, "scores_prompts", False) and any(r.scores_prompt or not r.max_tokens for r in reqs):
+            raise APIError("echo with logprobs (or max_tokens 0) needs the native engine: this server runs "
+                           f"--engine {self.cfg.engine}", param="echo")
+        if reqs[0].stream:
+            return self._stream(reqs[0], chat=False)
+        if len(reqs) == 1:
+            return await self._complete(reqs[0], chat=False)
+        # several prompts: choice i*n + j is choice j of prompt i; usage adds up
+        outs = await asyncio.gather(*(self._complete(r, chat=False) for r in reqs))
+        choices = [{**c, "index": i * r.n + c["index"]} for i, (r, o) in enumerate(zip(reqs, outs)) for c in o["choices"]]
+        usage = {k: sum(o["usage"][k] for o in outs) for k in outs[0]["usage"]}
+        return {**outs[0], "choices": choices, "usage": usage}
 
     def _usage(self, req: Completion, completion_tokens: int) -> dict[str, int]:
         p = len(req.prompt_ids)
@@ -128,7 +139,10 @@ class ModelServer:
                 choices.append({"index": i, "message": {"role": "assistant", "content": u.text},
                                 "logprobs": lp, "finish_reason": u.finish_reason})
             else:
-                choices.append({"index": i, "text": u.text, "logprobs": lp, "finish_reason": u.finish_reason})
+                if req.echo:
+                    lp = self._echoed(req, u, lp)
+                text = req.prompt_text + u.text if req.echo else u.text
+                choices.append({"index": i, "text": text, "logprobs": lp, "finish_reason": u.finish_reason})
         tokens = sum(u.completion_tokens for u in done.values())
         return {**self._head(chat, rid, req, False), "choices": choices, "usage": self._usage(req, tokens)}
 
@@ -136,6 +150,7 @@ class ModelServer:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         counts = [0] * req.n
         offsets = [0] * req.n
+        echoed = [False] * req.n
 
         def event(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -156,7 +171,13 @@ class ModelServer:
                         choices.append({"index": u.index, "delta": delta, "logprobs": lp,
                                         "finish_reason": u.finish_reason})
                     else:
-                        choices.append({"index": u.index, "text": u.text, "logprobs": lp,
+                        text = u.text
+                        if req.echo and not echoed[u.index]:   # the prompt leads the choice's first chunk
+                            echoed[u.index] = True
+                            text = req.prompt_text + text
+                            lp = self._echoed(req, u, lp)
+                            offsets[u.index] += len(req.prompt_text)
+                        choices.append({"index": u.index, "text": text, "logprobs": lp,
                                         "finish_reason": u.finish_reason})
                 yield event({**self._head(chat, rid, req, True), "choices": choices})
             if req.include_usage:
@@ -177,6 +198,15 @@ class ModelServer:
             out.setdefault(self._token(a), alp)
         return out
 
+    def _echoed(self, req: Completion, u: Update, generated: dict | None) -> dict | None:
+        """Completions logprobs of an echoed choice: the prompt's tokens (when scored) before the generated ones."""
+        if generated is None or u.prompt_logprobs is None:
+            return generated
+        head = self._logprobs(u.prompt_logprobs, chat=False, offset=0)
+        shift = len(req.prompt_text)
+        return {k: head[k] + ([o + shift for o in generated[k]] if k == "text_offset" else generated[k])
+                for k in head}
+
     def _logprobs(self, entries: list, chat: bool, offset: int) -> dict[str, Any]:
         if chat:
             table = getattr(self.engine, "token_bytes", None)
@@ -193,7 +223,7 @@ class ModelServer:
             text_offset.append(pos)
             pos += len(s)
         return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [self._top_dict(alts) for _, _, alts in entries],
+                "top_logprobs": [None if lp is None else self._top_dict(alts) for _, lp, alts in entries],
                 "text_offset": text_offset}
 
 

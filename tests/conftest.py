@@ -1,6 +1,8 @@
 """Shared fixtures. `ray_local`: one small local Ray for the whole test session (2 CPUs, no
 dashboard); reused when something already started Ray, and shut down only if started here.
-`one_thread`: torch on one intra-op thread for a module of tiny-model tests."""
+`one_thread`: torch on one intra-op thread for a module of tiny-model tests. `server` / `client`: the
+OpenAI-compatible app serving a random-init tiny checkpoint, one per test module, and an `openai`
+client for it (tests/serving_helpers.py)."""
 from __future__ import annotations
 
 import pytest
@@ -27,3 +29,26 @@ def ray_local():
     yield ray
     if started and ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, tmp_path_factory):
+    """(Served app, serving_helpers.Reference, checkpoint folder) of a random-init tiny model."""
+    from ray import serve as rayserve
+    from serving_helpers import Reference, free_port, make_checkpoint
+
+    from serving.app import start
+    from serving.engine import EngineConfig
+
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
+    served = start(model=ckpt, port=free_port(), max_n=4, batch=EngineConfig(max_batch_size=64, batch_wait_ms=20))
+    yield served, Reference(ckpt), ckpt
+    served.shutdown()
+    rayserve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -111,6 +111,22 @@ def test_ids_equal_transformers(base, tmp_path, style, chat, gen):
         hf, msgs, add_generation_prompt=gen, tools=tools)
 
 
+def test_builtin_template_renders_a_tool_schema_the_same_whatever_its_key_order(base, tmp_path):
+    """langchain-openai writes `properties, required, type`; the openai examples `type, properties,
+    required`: the built-in template writes both (and transformers with the same template) one way."""
+    params = {"city": {"type": "string", "description": "City name"}}
+    as_openai = {"type": "function", "function": {"name": "weather", "description": "Weather of a city", "parameters": {
+        "type": "object", "properties": params, "required": ["city"]}}}
+    as_langchain = {"function": {"parameters": {"properties": params, "required": ["city"], "type": "object"},
+                                 "description": "Weather of a city", "name": "weather"}, "type": "function"}
+    ours, hf = _folder(base, tmp_path, CHAT_TEMPLATE)
+    msgs = CHATS["user-only"]
+    a = ours.apply_chat_template(msgs, add_generation_prompt=True, tools=[as_openai])
+    assert a == ours.apply_chat_template(msgs, add_generation_prompt=True, tools=[as_langchain])
+    assert a == hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, tools=[as_langchain])
+    assert json.dumps(as_openai, sort_keys=True) in a
+
+
 def test_template_variables_and_default_system(base, tmp_path):
     ours, hf = _folder(base, tmp_path, V3_STYLE)
     msgs = CHATS["user-only"]

@@ -3,7 +3,7 @@
 * its own local Ray listens on 127.0.0.1 only (every listening socket of the run's process tree,
   sampled with psutil while it trains), --prometheus scrapes its ray_minimind_* gauges (Prometheus's
   query API answers with them), and after SIGKILL of the driver no process of the run is left and its
-  Ray session files are gone;
+  Ray session files are gone; the same for experiments/serve.py's Ray while it serves;
 * joined to a Ray (--address), SIGTERM ends it like Ctrl-C (one line, where --resume continues, no
   stack dump), and a killed learner actor is named with the step --resume continues from (with no
   restarts allowed); with two learner ranks, a killed rank restarts the group from the last checkpoint
@@ -78,15 +78,15 @@ def _steps_done(run_dir: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if '"reward_mean"' in line)
 
 
-def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
-    end = time.monotonic() + DEADLINE_S
+def _wait_for(proc: subprocess.Popen, ready, what: str, deadline_s: float = DEADLINE_S) -> None:
+    end = time.monotonic() + deadline_s
     while not ready():
         if proc.poll() is not None:
             out, err = proc.communicate()
             pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}")
         if time.monotonic() > end:
             proc.kill()
-            pytest.fail(f"no {what} within {DEADLINE_S}s")
+            pytest.fail(f"no {what} within {deadline_s}s")
         time.sleep(0.2)
 
 
@@ -105,67 +105,114 @@ def _query(port: int, expr: str) -> list:
         return []
 
 
-def test_local_run_listens_on_loopback_only_feeds_prometheus_and_dies_with_its_driver(policy, tmp_path):
-    have_prometheus = shutil.which("prometheus") is not None
-    if not have_prometheus:
-        print("\n*** SKIPPING the --prometheus part: no `prometheus` binary (apt-get install prometheus) ***\n",
-              file=sys.stderr)
-    port = _free_port()
-    # the run's TMPDIR, of its own (other runs on the machine make Ray temp folders in /tmp too) and short:
-    # Ray's unix socket paths under it must stay within 107 bytes
-    tmpdir = Path(tempfile.mkdtemp(prefix="mm", dir="/tmp"))
-    try:
-        _run_until_killed(policy, tmp_path / "run", tmpdir, port, have_prometheus)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+@pytest.fixture
+def own_tmpdir():
+    """A TMPDIR of the run's own (other runs on the machine make Ray temp folders in /tmp too), short:
+    Ray's unix socket paths under it must stay within 107 bytes."""
+    d = Path(tempfile.mkdtemp(prefix="mm", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
-def _run_until_killed(policy: Path, run: Path, tmpdir: Path, port: int, have_prometheus: bool) -> None:
-    proc = _start(run, policy, "--no-dashboard", *([f"--prometheus", f"--prometheus-port={port}"]
-                                                   if have_prometheus else []), tmpdir=tmpdir)
-    driver = psutil.Process(proc.pid)
-    seen: dict[int, psutil.Process] = {}
-    names: dict[int, str] = {}
-    listening: set[tuple[str, int, str]] = set()
-    gauge: list = []
+class ProcessTree:
+    """Every process below a driver, kept after it exits, and the TCP sockets they listen on."""
 
-    def sample() -> bool:
+    def __init__(self, pid: int):
+        self.driver = psutil.Process(pid)
+        self.seen: dict[int, psutil.Process] = {}
+        self.names: dict[int, str] = {}
+        self.listening: set[tuple[str, int, str]] = set()
+
+    def sample(self) -> None:
         try:
-            tree = [driver, *driver.children(recursive=True)]
+            tree = [self.driver, *self.driver.children(recursive=True)]
         except psutil.NoSuchProcess:
-            return False
+            return
         for p in tree:
             try:
-                names[p.pid] = p.name()   # again each time: a Ray worker renames itself ray::<Actor>
-                seen.setdefault(p.pid, p)
+                self.names[p.pid] = p.name()   # again each time: a Ray worker renames itself ray::<Actor>
+                self.seen.setdefault(p.pid, p)
             except psutil.NoSuchProcess:
                 continue
         current = {p.pid for p in tree}   # not every pid seen: one that ended may be another process's by now
         for c in psutil.net_connections(kind="inet"):
             if c.status == psutil.CONN_LISTEN and c.pid in current:
-                listening.add((c.laddr.ip, c.laddr.port, names[c.pid]))
+                self.listening.add((c.laddr.ip, c.laddr.port, self.names[c.pid]))
+
+    def assert_ray_on_loopback_only(self) -> None:
+        names = {name for _, _, name in self.listening}
+        assert {"raylet", "gcs_server"} <= names and any(n.startswith("ray::") for n in names), self.listening
+        assert {ip for ip, _, _ in self.listening} <= LOOPBACK, sorted(self.listening)
+
+    def assert_all_gone_after_sigkill(self, proc: subprocess.Popen, session: list[Path]) -> None:
+        """SIGKILL the driver (no handler, no finally): no process of the tree and no session folder is left."""
+        proc.kill()
+        proc.communicate()
+        end = time.monotonic() + DEADLINE_S
+        alive = [p for p in self.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        while (alive or any(Path(d).exists() for d in session)) and time.monotonic() < end:
+            time.sleep(0.2)
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, [(p.pid, self.names[p.pid]) for p in alive]
+        assert not any(Path(d).exists() for d in session), session
+
+
+def test_local_run_listens_on_loopback_only_feeds_prometheus_and_dies_with_its_driver(policy, tmp_path, own_tmpdir):
+    have_prometheus = shutil.which("prometheus") is not None
+    if not have_prometheus:
+        print("\n*** SKIPPING the --prometheus part: no `prometheus` binary (apt-get install prometheus) ***\n",
+              file=sys.stderr)
+    port = _free_port()
+    run = tmp_path / "run"
+    proc = _start(run, policy, "--no-dashboard", *(["--prometheus", f"--prometheus-port={port}"]
+                                                   if have_prometheus else []), tmpdir=own_tmpdir)
+    tree = ProcessTree(proc.pid)
+    gauge: list = []
+
+    def sample() -> bool:
+        tree.sample()
         if have_prometheus and not gauge:
             gauge.extend(_query(port, 'ray_minimind_reward_mean{run="run"}'))
         return _steps_done(run) >= 2 and (gauge or not have_prometheus)
 
     _wait_for(proc, sample, "two steps" + (" and a ray_minimind_* gauge in Prometheus" if have_prometheus else ""))
-    names = {name for _, _, name in listening}
-    assert {"raylet", "gcs_server"} <= names and any(n.startswith("ray::") for n in names), listening
-    assert {ip for ip, _, _ in listening} <= LOOPBACK, sorted(listening)
+    tree.assert_ray_on_loopback_only()
     if have_prometheus:
         assert float(gauge[0]["value"][1]) >= 0.0
-
-    session = list(tmpdir.glob("minimind-ray-*"))
+    session = list(own_tmpdir.glob("minimind-ray-*"))
     assert session, "the run's Ray did not use a temp folder of its own"
-    proc.kill()                                   # SIGKILL: no handler, no finally
-    proc.communicate()
-    end = time.monotonic() + DEADLINE_S
-    alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    while (alive or any(Path(d).exists() for d in session)) and time.monotonic() < end:
-        time.sleep(0.2)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert not alive, [(p.pid, names[p.pid]) for p in alive]
-    assert not any(Path(d).exists() for d in session), session
+    tree.assert_all_gone_after_sigkill(proc, session)
+
+
+def test_serve_py_listens_on_loopback_only_and_dies_with_its_process(policy, tmp_path, own_tmpdir):
+    """experiments/serve.py without --ray-address: its Ray (GCS, raylet, Serve controller, proxy, replica)
+    listens on 127.0.0.1 only, the HTTP port included, and goes away with the process."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["TMPDIR"] = str(own_tmpdir)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "serve.py"), f"--model={policy}",
+                             f"--port={port}", "--name=tiny"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree = ProcessTree(proc.pid)
+
+    def answers() -> bool:
+        tree.sample()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+                return json.loads(r.read())["data"][0]["id"] == "tiny"
+        except OSError:
+            return False
+
+    try:
+        _wait_for(proc, answers, "an answer on /v1/models")
+        tree.sample()
+        print("serve.py listening sockets:", *sorted(tree.listening), sep="\n  ")
+        tree.assert_ray_on_loopback_only()
+        assert ("127.0.0.1", port) in {(ip, p) for ip, p, _ in tree.listening}
+        assert any(name.startswith("ray::ServeReplica") for _, _, name in tree.listening), tree.listening
+        assert list(own_tmpdir.glob("minimind-ray-*")), "serve.py's Ray did not use a temp folder of its own"
+    finally:
+        tree.assert_all_gone_after_sigkill(proc, list(own_tmpdir.glob("minimind-ray-*")))
 
 
 def _checkpoint_step(run: Path) -> int:

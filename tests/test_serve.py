@@ -1,98 +1,28 @@
 """The OpenAI-compatible server on Ray Serve, through the official `openai` client on loopback.
 
-One app for the whole module (Ray Serve start ~7 s): a random-init `tiny` model (init std 0.2,
-so greedy choices are far from ties) and a BPE trained on the built-in math text. Every greedy
-answer is compared with `minimind.generate.generate` run in this process on the same checkpoint.
+One app for the whole module (Ray Serve start ~7 s; the `server` fixture in conftest.py): a random-init
+`tiny` model (init std 0.2, so greedy choices are far from ties) and a BPE trained on the built-in math
+text. Every greedy answer is compared with `minimind.generate.generate` run in this process on the
+same checkpoint (serving_helpers.Reference).
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import torch
 
 openai = pytest.importorskip("openai", reason="pip install openai (the test extra) to test the server")
 pytest.importorskip("ray.serve", reason="pip install 'ray[serve]' (the serve extra) to test the server")
 requests = pytest.importorskip("requests")
 
-from minimind.checkpoint import load_model, save_model  # noqa: E402
-from minimind.config import preset  # noqa: E402
-from minimind.data import synthetic_math as sm  # noqa: E402
-from minimind.generate import SamplingParams, generate  # noqa: E402
-from minimind.model import MiniMindForCausalLM  # noqa: E402
-from minimind.tokenizer import MiniMindTokenizer, train_tokenizer  # noqa: E402
+from serving_helpers import CALC, MAX_TOKENS, Reference, make_checkpoint, user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_TOKENS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    tok = train_tokenizer(sm.pretrain_texts(sm.generate_problems(200, seed=0, split="train"), facts=False),
-                          vocab_size=320)
-    torch.manual_seed(seed)
-    model = MiniMindForCausalLM(preset("tiny", vocab_size=tok.vocab_size, initializer_range=0.2)).eval()
-    save_model(model, path)
-    tok.save(path)
-    return path
-
-
-class Reference:
-    """Greedy answers of `minimind.generate` for the served checkpoint (or other weights)."""
-
-    def __init__(self, ckpt: Path):
-        self.model = load_model(ckpt)
-        self.tok = MiniMindTokenizer.load(ckpt)
-
-    def ids(self, messages) -> list[int]:
-        return self.tok.encode(self.tok.apply_chat_template(messages, add_generation_prompt=True))
-
-    def answer(self, prompt_ids: list[int], max_tokens: int = MAX_TOKENS) -> tuple[str, str, int, list[float]]:
-        """(text, finish_reason, completion tokens, logprobs) of the greedy completion."""
-        out = generate(self.model, [prompt_ids], SamplingParams(max_new_tokens=max_tokens, temperature=0,
-                                                                stop_token_ids=(self.tok.eos_id,)))
-        mask = out.response_mask[0].bool()
-        ids = out.response_ids[0][mask].tolist()
-        stopped = ids[-1] == self.tok.eos_id
-        text = self.tok.decode(ids[:-1] if stopped else ids)
-        return text, "stop" if stopped else "length", len(ids), out.logprobs[0][mask].tolist()
-
-    def chat(self, content: str, max_tokens: int = MAX_TOKENS):
-        return self.answer(self.ids([{"role": "user", "content": content}]), max_tokens)
-
-
-@pytest.fixture(scope="module")
-def server(ray_local, tmp_path_factory):
-    from ray import serve as rayserve
-
-    from serving.app import start
-    from serving.engine import EngineConfig
-
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("serve") / "tiny")
-    served = start(model=ckpt, port=free_port(), max_n=4, batch=EngineConfig(max_batch_size=64, batch_wait_ms=20))
-    yield served, Reference(ckpt), ckpt
-    served.shutdown()
-    rayserve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server[0].url + "/v1", api_key="unused", max_retries=0, timeout=60)
-
-
-def user(content: str) -> list[dict]:
-    return [{"role": "user", "content": content}]
 
 
 def test_chat_greedy_equals_native_generate_stream_and_not(server, client):
@@ -194,10 +124,12 @@ def test_malformed_json_and_bad_prompt_then_replica_still_serves(server, client)
     assert client.chat.completions.create(model="tiny", messages=user("hi"), max_tokens=4).choices
 
 
-def test_models_and_health(server, client):
+def test_models_health_and_favicon(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     h = requests.get(server[0].url + "/health").json()
     assert h["status"] == "ok" and h["model"] == "tiny"
+    r = requests.get(server[0].url + "/favicon.ico", timeout=30)
+    assert r.status_code == 204 and not r.content
 
 
 def test_load_64_chat_and_16_streaming_each_equals_alone(server):
@@ -303,6 +235,8 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 560})
+            failed: list[str] = []   # loads the console would show as failed (headless Chromium asks for no favicon)
+            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(served.url + "/")
             page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
             page.fill("#temperature", "0")
@@ -317,18 +251,13 @@ def test_chat_page_in_headless_chromium(server, client, tmp_path):
             assert page.locator(".msg").count() == 0
         finally:
             browser.close()
-    assert answer == expected
+    assert answer == expected and not failed, failed
     assert "completion tokens" in meta
     assert (tmp_path / "chat_page.png").stat().st_size > 5000
     print("screenshot:", tmp_path / "chat_page.png")
 
 
 # ----------------------------------------------------------------------------- tools
-CALC = {"type": "function", "function": {"name": "calculator", "description": "Exact arithmetic.",
-                                         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
-                                                        "required": ["expression"]}}}
-
-
 def test_chat_with_tools_renders_them_through_the_template(server, client):
     """tools, an assistant tool call (arguments as a JSON string) and a tool result reach the prompt as
     the tokenizer's template renders them; the answer is the native greedy one on that prompt."""
