@@ -200,7 +200,6 @@ def parse_completion(body: dict, limits: Limits, tok) -> list[Completion]:
     prompts (strings, or lists of token ids), one Completion each. `echo` returns the prompt before the
     completion (with `logprobs: k`, each prompt token's logprob and its k most likely alternatives,
     the first token's null); with echo, `max_tokens` may be 0 (score the prompt, generate nothing)."""
-
     check_fields(body, COMPLETIONS, COMPLETIONS_NOOPS)
     echo = body.get("echo", False)
     if echo is None:
