@@ -12,10 +12,21 @@ T×T score and value products, no causal halving). The peak is measured here wit
 on the same threads (under contention it reads low, so `mfu_vs_nominal` also divides by the
 165 GFLOP/s ENVIRONMENT.md measured on an idle 2-core machine).
 
+MiniMind's own code (`--minimind-path DIR`, a checkout of github.com/jingyaogong/minimind): its
+`model/model_minimind.py` is imported from DIR and trained as its `trainer/train_pretrain.py` does on
+CPU in fp32 (`model(ids, labels=ids)`, loss + aux_loss, backward, clip 1.0, torch's default AdamW) on
+the same batches, with the same AdamW settings, interleaved with ours. Its current code is MiniMind-3's:
+q/k RMSNorm in every attention, so our side of that comparison is the same shape with `qk_norm=True`,
+loaded with MiniMind's own initial weights (the first losses must agree). Rows: `vs_minimind[]` with
+`ours_tok_s, minimind_tok_s, ratio` (ours / MiniMind, median of per-repeat ratios). Nothing of the
+checkout is copied into this repository; no test depends on it.
+
 Usage: python -m bench.train [--quick] [--append] [--presets minimind2-small,tiny] [--steps 3]
+       [--minimind-path DIR] [--no-hf]
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -69,55 +80,74 @@ def hf_optimizer(model: torch.nn.Module, oc: OptimConfig) -> torch.optim.Optimiz
                              lr=oc.lr, betas=(oc.beta1, oc.beta2))
 
 
-def bench_preset(name: str, args, tmp: Path, peak: float) -> dict:
-    import transformers
+OPTIM = OptimConfig(lr=3e-4, weight_decay=0.01, beta1=0.9, beta2=0.95, warmup_steps=0, total_steps=10**6,
+                    min_lr_ratio=1.0, grad_clip=1.0)
 
+
+def shape(name: str, args) -> tuple[int, int]:
     B, T = SHAPES.get(name, (4, 256))
-    if args.batch:
-        B = args.batch
-    if args.seq:
-        T = args.seq
-    torch.manual_seed(args.seed)
-    ours = MiniMindForCausalLM(preset(name))
-    folder = export_hf(ours, tmp / name)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    hf.train()
-    oc = OptimConfig(lr=3e-4, weight_decay=0.01, beta1=0.9, beta2=0.95, warmup_steps=0, total_steps=10**6,
-                     min_lr_ratio=1.0, grad_clip=1.0)
-    learner = Learner(ours, LMStage(), oc)
-    opt = hf_optimizer(hf, oc)
+    return args.batch or B, args.seq or T
 
+
+def make_batches(vocab: int, B: int, T: int, args) -> list[dict]:
     gen = torch.Generator().manual_seed(args.seed + 1)
-    n_batches = args.steps * (args.repeats + args.warmup) + 1
-    batches = []
-    for _ in range(n_batches):
-        ids = torch.randint(3, ours.config.vocab_size, (B, T), generator=gen)
-        batches.append({"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones(B, T, dtype=torch.long)})
+    out = []
+    for _ in range(args.steps * (args.repeats + args.warmup) + 1):
+        ids = torch.randint(3, vocab, (B, T), generator=gen)
+        out.append({"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones(B, T, dtype=torch.long)})
+    return out
 
-    def hf_step(b):
+
+def peer_step(model: torch.nn.Module, forward) -> callable:
+    """A plain torch training step on a peer model: forward (-> loss), backward, clip, AdamW."""
+    opt = hf_optimizer(model, OPTIM)
+
+    def step(b: dict) -> float:
         opt.zero_grad(set_to_none=True)
-        loss = hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss
+        loss = forward(b)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(hf.parameters(), oc.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIM.grad_clip)
         opt.step()
         return float(loss.detach())
+    return step
 
+
+def time_pair(name: str, ours: MiniMindForCausalLM, peer: str, step, args) -> tuple[dict, dict]:
+    """Our Learner vs a peer's `step` on the same batches, interleaved: (timings, first losses)."""
+    B, T = shape(name, args)
+    learner = Learner(ours, LMStage(), OPTIM)
+    batches = make_batches(ours.config.vocab_size, B, T, args)
     # sanity: identical weights and batch give the same first loss on both sides
-    first = {"ours": learner.train_step(batches[0])["loss"], "hf": hf_step(batches[0])}
-    pos = {"ours": 1, "hf": 1}
+    first = {"ours": learner.train_step(batches[0])["loss"], peer: step(batches[0])}
+    pos = {"ours": 1, peer: 1}
 
     def run(side):
         def go():
             for _ in range(args.steps):
                 b = batches[pos[side] % len(batches)]
                 pos[side] += 1
-                learner.train_step(b) if side == "ours" else hf_step(b)
+                learner.train_step(b) if side == "ours" else step(b)
         return go
 
     tokens = float(args.steps * B * T)
-    log(f"[{name}] batch {B} x seq {T}, {args.steps} steps per repeat ...")
-    r = interleaved({"ours": run("ours"), "hf": run("hf")}, repeats=args.repeats, warmup=args.warmup,
-                    work={"ours": tokens, "hf": tokens})
+    log(f"[{name}] ours vs {peer}: batch {B} x seq {T}, {args.steps} steps per repeat ...")
+    r = interleaved({"ours": run("ours"), peer: run(peer)}, repeats=args.repeats, warmup=args.warmup,
+                    work={"ours": tokens, peer: tokens})
+    return r, first
+
+
+def bench_preset(name: str, args, tmp: Path, peak: float) -> dict:
+    import transformers
+
+    B, T = shape(name, args)
+    torch.manual_seed(args.seed)
+    ours = MiniMindForCausalLM(preset(name))
+    folder = export_hf(ours, tmp / name)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    hf.train()
+    step = peer_step(hf, lambda b: hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                      labels=b["labels"]).loss)
+    r, first = time_pair(name, ours, "hf", step, args)
     fpt = flops_per_token(ours, T)
     row = {"preset": name, "params_m": round(ours.num_parameters() / 1e6, 2),
            "matmul_params_m": round(matmul_params(ours) / 1e6, 2), "batch": B, "seq": T,
@@ -133,14 +163,61 @@ def bench_preset(name: str, args, tmp: Path, peak: float) -> dict:
     return row
 
 
+def minimind_model_code(path: str):
+    """MiniMind's `model/model_minimind.py` from a checkout at `path` (imported, never copied)."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "model" / "model_minimind.py").is_file():
+        raise SystemExit(f"--minimind-path {path}: no model/model_minimind.py there (a checkout of "
+                         f"github.com/jingyaogong/minimind)")
+    sys.path.insert(0, str(root))
+    return importlib.import_module("model.model_minimind")
+
+
+def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
+    """Ours vs MiniMind's model code, same shape and initial weights, trained as MiniMind's pretrain loop."""
+    B, T = shape(name, args)
+    c = preset(name, qk_norm=True)
+    torch.manual_seed(args.seed)
+    theirs = code.MiniMindForCausalLM(code.MiniMindConfig(
+        hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads, intermediate_size=c.intermediate_size, vocab_size=c.vocab_size,
+        rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_theta, max_position_embeddings=c.max_position_embeddings,
+        dropout=0.0, flash_attn=True)).float()
+    theirs.train()
+    ours = MiniMindForCausalLM(c)
+    ours.load_state_dict(theirs.state_dict(), strict=False)   # their non-persistent rope tables are not in it
+    missing = {k for k in ours.state_dict()} - {k for k in theirs.state_dict()}
+    if missing:
+        raise SystemExit(f"MiniMind's model at --minimind-path lacks {sorted(missing)[:3]}: another layout")
+
+    def forward(b):
+        res = theirs(b["input_ids"], labels=b["labels"])   # as trainer/train_pretrain.py calls it
+        return res.loss + res.aux_loss
+    r, first = time_pair(name, ours, "minimind", peer_step(theirs, forward), args)
+    fpt = flops_per_token(ours, T)
+    row = {"preset": name, "qk_norm": True, "batch": B, "seq": T, "steps_per_repeat": args.steps,
+           "first_loss": {k: round(v, 5) for k, v in first.items()},
+           "ours_tok_s": r["ours"]["rate"], "minimind_tok_s": r["minimind"]["rate"], "ratio": r["ratio"],
+           "ratios": r["ratios"], "ours_s": r["ours"]["seconds"], "minimind_s": r["minimind"]["seconds"],
+           "ours_mfu": round(r["ours"]["rate"] * fpt / peak, 4),
+           "minimind_mfu": round(r["minimind"]["rate"] * fpt / peak, 4),
+           "ours_peak_rss_mb": r["ours"]["peak_rss_mb"], "minimind_peak_rss_mb": r["minimind"]["peak_rss_mb"]}
+    log(f"    ours {row['ours_tok_s']} tok/s, MiniMind's code {row['minimind_tok_s']} tok/s, ratio {row['ratio']}")
+    return row
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--presets", default="minimind2-small,tiny")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per timed repeat (default 3, quick 1)")
     p.add_argument("--batch", type=int, default=None, help="override the per-preset batch")
     p.add_argument("--seq", type=int, default=None, help="override the per-preset sequence length")
+    p.add_argument("--minimind-path", default=None,
+                   help="a checkout of github.com/jingyaogong/minimind: also time ours vs its model code")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     args = p.parse_args()
     setup(args)
+    code = minimind_model_code(args.minimind_path) if args.minimind_path else None
     if args.steps is None:
         args.steps = 1 if args.quick else 3
     if args.quick and args.seq is None:
@@ -151,11 +228,15 @@ def main() -> None:
               "results": []}
     with tempfile.TemporaryDirectory() as tmp:
         # peak measured before and after; the higher one (less disturbed) is the denominator
-        rows = [bench_preset(name, args, Path(tmp), peak_before) for name in args.presets.split(",")]
+        names = args.presets.split(",")
+        rows = [] if args.no_hf else [bench_preset(name, args, Path(tmp), peak_before) for name in names]
+        vs_minimind = [bench_vs_minimind(name, args, code, peak_before) for name in names] if code else []
     peak = max(peak_before, matmul_peak_flops())
     for row in rows:
         for side in ("ours", "hf"):
             row[f"{side}_mfu"] = round(row[f"{side}_tok_s"] * row["flops_per_token"] / peak, 4)
+    if code:
+        result["vs_minimind"] = vs_minimind
     result["matmul_peak_gflops"] = round(peak / 1e9, 1)
     result["nominal_peak_gflops"] = NOMINAL_PEAK / 1e9
     result["results"] = rows

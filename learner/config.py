@@ -28,6 +28,11 @@ class OptimConfig:
     """Rows per forward/backward; 0 = the whole (mini)batch at once. Gradients are identical."""
     max_bad_steps: int = 3
     """Consecutive non-finite losses/gradients tolerated (each skipped) before stopping."""
+    compile: bool = False
+    """torch.compile every decoder block of the learner's models (dynamic shapes). Off by default: on
+    2 CPU cores the first step compiles for 1.5-2.5 min and later steps gain at most ~1.2x (RL demo
+    learner) or nothing (minimind2-small pretraining), which the recipes' run lengths never pay back
+    (bench/README.md, "Learner speed")."""
 
     def __post_init__(self) -> None:
         checks = {

@@ -188,6 +188,16 @@ def find_checkpoint(path: str | Path) -> Path | None:
     return max(complete, key=lambda c: (c / COMPLETE_MARK).stat().st_mtime_ns, default=None)
 
 
+def compile_blocks(module: nn.Module | None) -> None:
+    """torch.compile the forward of every decoder block of `module` (in place; dynamic shapes, since
+    batch and sequence lengths change every step). Parameters, state dict and checkpoints are unchanged."""
+    from minimind.model import Block
+
+    for m in module.modules() if module is not None else ():
+        if isinstance(m, Block):
+            m.forward = torch.compile(m.forward, dynamic=True)
+
+
 class Learner:
     def __init__(self, model: nn.Module, stage: Stage, optim: OptimConfig | None = None,
                  ref_model: nn.Module | None = None, critic: nn.Module | None = None,
@@ -209,6 +219,9 @@ class Learner:
             log.warning("lr=%g is unusually high for stage %r (typical <= %g); expect divergence",
                         self.optim_cfg.lr, stage.name, stage.max_sane_lr)
         self.optimizer = self._make_optimizer()
+        if self.optim_cfg.compile:
+            for module in (self.model, self.ref_model, self.critic):
+                compile_blocks(module)
 
     # ------------------------------------------------------------------ setup
     def _make_optimizer(self) -> torch.optim.Optimizer:

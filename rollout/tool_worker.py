@@ -11,11 +11,10 @@ Prompts: {"messages": [chat before the first assistant turn], "key", "answer", "
 """
 from __future__ import annotations
 
-import dataclasses
-
 import ray
 
 from minimind.config import MiniMindConfig
+from minimind.generate import SamplingParams
 
 from .env.environment import Environment
 from .multiturn import EnvConfig, episodes_to_batch, run_episodes
@@ -30,19 +29,14 @@ class ToolRolloutWorker(RolloutWorker):
         self.env = env
         self.env_cfg = env_cfg or EnvConfig()
 
-    def generate(self, prompts: list[dict], weights: list, version: int, seed: int,
-                 sampling: dict | None = None, row_base: int = 0):
-        sync_s = self.set_weights(weights, version)
-        params = dataclasses.replace(self.cfg.sampling, **(sampling or {}), seed=seed,
-                                     stop_token_ids=tuple(sorted({*self.cfg.sampling.stop_token_ids,
-                                                                  self.tok.eos_id})))
+    def rollout(self, prompts: list[dict], params: SamplingParams, version: int, row_base: int):
+        """One batch of episodes (every turn of every prompt's n episodes, batched across episodes)."""
         episodes, stats = run_episodes(self.engine, self.tok, self.env, prompts, params, self.env_cfg)
         rep = lambda xs: [x for x in xs for _ in range(params.n)]  # noqa: E731  (row = prompt i, sample j)
         return episodes_to_batch(
             episodes, self.tok, rep([int(p["uid"]) for p in prompts]), rep([p["key"] for p in prompts]),
             rep([p.get("answer", "") for p in prompts]), params.temperature, version,
-            meta={**stats, "weight_sync_seconds": sync_s, "worker": self.index, "engine": self.engine.name},
-            row_base=row_base)
+            meta={**stats, "worker": self.index, "engine": self.engine.name}, row_base=row_base)
 
 
 ToolRolloutActor = ray.remote(ToolRolloutWorker)

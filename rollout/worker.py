@@ -14,6 +14,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import ray
 import torch
 
@@ -40,7 +41,13 @@ class RolloutConfig:
     re-quantised at each weight sync; the learner stays fp32). int8 samples from a slightly different
     policy, so it turns the truncated importance sampling on (--update.tis-cap 2.0 unless set)."""
 
+    max_rows: int = 512
+    """Rows (prompts x n) one engine call generates at most; larger calls (evaluations of the held-out
+    set) go in chunks of whole prompts, which bounds the engine's KV cache and logits."""
+
     def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"--rollout.max-rows={self.max_rows}: must be >= 1")
         if self.sampling.seed is not None:
             raise ValueError("--rollout.sampling.seed: rollout seeds derive from the run's --seed (per worker "
                              "and call); set --seed instead")
@@ -50,6 +57,21 @@ class RolloutConfig:
         if self.sampling.temperature <= 0:
             raise ValueError(f"--rollout.sampling.temperature={self.sampling.temperature}: RL samples its "
                              f"training rollouts, so it needs a temperature > 0 (greedy evaluation is separate)")
+
+
+ADDITIVE_META = ("generate_seconds", "new_tokens", "engine_seconds", "env_seconds", "engine_calls")
+"""Per-call totals in a batch's `meta`: the chunks of one call add up (other entries are row-weighted means)."""
+
+
+def chunk_seed(seed: int | None, chunk: int) -> int | None:
+    """The sampling seed of chunk `chunk` of a call seeded `seed`: the first chunk samples with the call's
+    own seed (a call that fits in one chunk samples exactly as before chunking existed), each later chunk
+    with its own seed mixed from (seed, chunk). Greedy decoding draws nothing, so its results do not depend
+    on the chunking; sampled rows of later chunks differ from what one unchunked call would draw (another
+    stream), reproducibly for a given seed and `max_rows`."""
+    if seed is None or chunk == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0]) >> 1
 
 
 class RolloutWorker:
@@ -83,11 +105,26 @@ class RolloutWorker:
                  sampling: dict | None = None, row_base: int = 0) -> RolloutBatch:
         """prompts: [{"prompt": chat-templated text, "key": str, "answer": str, "uid": int}].
         `sampling` overrides SamplingParams fields for this call (e.g. greedy evaluation, n=1); rows get
-        the ids row_base, row_base + 1, ... (the driver's place for this call among the run's rows)."""
+        the ids row_base, row_base + 1, ... (the driver's place for this call among the run's rows).
+        A call of more than `max_rows` rows (prompts x n, e.g. an evaluation of 1,000 prompts x 8) is
+        generated in chunks of whole prompts, one engine call each, so the engine never holds more than
+        `max_rows` rows of KV cache and logits; see `chunk_seed` for what a chunk samples with."""
         sync_s = self.set_weights(weights, version)
         params = dataclasses.replace(self.cfg.sampling, **(sampling or {}), seed=seed,
                                      stop_token_ids=tuple(sorted({*self.cfg.sampling.stop_token_ids,
                                                                   self.tok.eos_id})))
+        per = max(1, self.cfg.max_rows // params.n)
+        parts = [self.rollout(prompts[at:at + per], dataclasses.replace(params, seed=chunk_seed(seed, c)), version,
+                              row_base + at * params.n)
+                 for c, at in enumerate(range(0, max(1, len(prompts)), per))]
+        batch = parts[0] if len(parts) == 1 else RolloutBatch.concat(parts, pad_id=self.tok.pad_id)
+        totals = {k: sum(b.meta[k] for b in parts) for k in parts[0].meta
+                  if k in ADDITIVE_META and all(k in b.meta for b in parts)}
+        return dataclasses.replace(batch, meta={**batch.meta, **totals, "weight_sync_seconds": sync_s,
+                                                "engine_chunks": len(parts)})
+
+    def rollout(self, prompts: list[dict], params: SamplingParams, version: int, row_base: int) -> RolloutBatch:
+        """One engine call: `prompts` x params.n rows."""
         n = params.n
         token_lists = [self.tok.encode(p["prompt"]) for p in prompts]
         out = self.engine.generate(token_lists, params, self.tok.pad_id)
@@ -101,7 +138,7 @@ class RolloutWorker:
             prompt_keys=rep([p["key"] for p in prompts]), answers=rep([p.get("answer", "") for p in prompts]),
             response_text=texts, temperature=params.temperature, policy_version=version,
             row_id=row_base + torch.arange(len(texts)),
-            meta={"generate_seconds": out.seconds, "weight_sync_seconds": sync_s, "new_tokens": out.new_tokens,
+            meta={"generate_seconds": out.seconds, "new_tokens": out.new_tokens,
                   "worker": self.index, "engine": self.engine.name},
         )
 

@@ -103,6 +103,27 @@ def test_learner_recomputes_the_rollout_logprobs(temperature):
         stage.experience(learner, replace(batch, temperature=0.0))
 
 
+def test_rows_sharing_a_prompt_run_it_once_and_score_as_alone():
+    """The G samples of a prompt: the prompt goes through the trunk once (3 prompts, not 12 rows), and
+    every row's logprobs and their gradient are those of the row scored on its own."""
+    model = _model()
+    batch = rollout(model, _prompts(3), G=4, temperature=0.8, max_new_tokens=10, seed=6)
+    seq, attn, mask, R = batch.sequences, batch.attention_mask, batch.response_mask.clone(), batch.response_ids.shape[1]
+    rows_seen = []
+    model.model.register_forward_hook(lambda _m, args, _out: rows_seen.append(args[0].shape[0]))
+    together = response_logprobs(model, seq, attn, R, 0.8)
+    assert rows_seen == [3, 12]                      # the distinct prompts, then every row's response
+    (together * mask).sum().backward()
+    g_together = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    alone = torch.cat([response_logprobs(model, seq[i:i + 1], attn[i:i + 1], R, 0.8) for i in range(len(seq))])
+    (alone * mask).sum().backward()
+    torch.testing.assert_close(together * mask, alone * mask, rtol=0, atol=1e-5)
+    assert ((together - batch.logprobs).abs() * mask).max() < 1e-5      # and the engine's logprobs
+    for a, b in zip(g_together, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _count_forwards(module) -> list[int]:
     calls = [0]
     module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
@@ -121,7 +142,7 @@ def test_one_on_policy_update_takes_old_logprobs_from_its_own_forward():
                           update=RLUpdateConfig(use_rollout_logprobs=use_rollout))
         learner = Learner(copy.deepcopy(model), stage, _optim(1e-3, micro_batch_size=8),
                           ref_model=_perturbed(model))
-        forwards = _count_forwards(learner.model.model)
+        forwards = _count_forwards(learner.model.lm_head)   # one LM-head pass per scoring of a micro-batch
         stats = learner.train_step(batch)
         results.append((forwards[0], stats, _weights(learner.model)))
     (f_own, s_own, w_own), (f_engine, s_engine, w_engine) = results

@@ -13,12 +13,13 @@ from contract.batch import RolloutBatch
 from ..experience import Micro
 from ..learner import Learner, StepPlan
 from ..losses import PPOLoss, masked_mean
-from .rl_common import RLStage, RLUpdateConfig
+from .logprobs import response_hidden
+from .rl_common import RLStage, RLUpdateConfig, by_micro_batch
 
 
 def critic_values(critic: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: int) -> torch.Tensor:
-    """[B, R] value of the state before each response token."""
-    return critic(seq, attention_mask=attn)[:, -R - 1:-1]
+    """[B, R] value of the state before each response token (a shared prompt through the trunk once)."""
+    return critic.score(response_hidden(critic.model, seq, attn, R)).squeeze(-1).float()
 
 
 @dataclass
@@ -39,8 +40,8 @@ class PPOStage(RLStage):
             raise ValueError(f"PPO with kl coef={self.loss_fn.kl.coef} needs a frozen reference model for its KL reward")
         exp, stats = self.experience(learner, batch)
         with torch.no_grad():
-            exp.old_values = (critic_values(learner.critic, exp.seq, exp.attn, exp.response_len) if len(exp)
-                              else torch.zeros_like(exp.rollout_logp))
+            exp.old_values = by_micro_batch(learner, exp, lambda c: critic_values(learner.critic, c.seq, c.attn,
+                                                                                  c.response_len))
         all_sum = learner.comm.all_sum if learner.comm.distributed else None   # whitening over every rank's rows
         exp.adv, exp.returns = self.loss_fn.compute_advantages(
             batch.rewards.to(learner.device), exp.old_logp, exp.ref_logp, exp.old_values, exp.mask, all_sum=all_sum)

@@ -16,7 +16,7 @@ from contract.stats import maximum, total
 from ..experience import Experience, Micro
 from ..learner import Learner
 from ..losses import masked_mean, mismatch_stats, tis_weights
-from .logprobs import logprobs_and_entropy, response_logits, response_logprobs
+from .logprobs import distinct_prompts, logprobs_and_entropy, response_logits, response_logprobs
 from .supervised import StageBase
 
 
@@ -57,6 +57,14 @@ class RLUpdateConfig:
         return self.epochs * self.minibatches == 1
 
 
+def by_micro_batch(learner: Learner, exp: Experience, fn) -> torch.Tensor:
+    """[B, R] `fn(rows)` of every micro-batch of the experience, joined: a no-grad pass over the batch
+    holds one micro-batch's activations at a time. Rows stay in batch order (a group's samples
+    together, so each micro-batch runs its prompts once). A learner rank with no rows gets zeros."""
+    parts = [fn(c) for c in exp.chunks(learner.optim_cfg.micro_batch_size)] if len(exp) else []
+    return torch.cat(parts) if parts else torch.zeros_like(exp.rollout_logp)
+
+
 class RLStage(StageBase):
     """Experience building and minibatching; subclasses add advantages and their loss."""
     max_sane_lr = 5e-4   # the small demo policies train stably at 2e-4 (grpo_tools: +56 points)
@@ -85,8 +93,8 @@ class RLStage(StageBase):
         # stale: the weights moved since sampling, a recomputation would measure nothing
         stale = learner.is_stale(batch)
         recompute = not (old_from_update or stale)
-        score = lambda model: (response_logprobs(model, exp.seq, exp.attn, R, exp.temperature) if len(exp)  # noqa: E731
-                               else torch.zeros_like(exp.rollout_logp))   # a learner rank with no rows this step
+        score = lambda model: by_micro_batch(  # noqa: E731
+            learner, exp, lambda c: response_logprobs(model, c.seq, c.attn, R, exp.temperature))
         with torch.no_grad(), learner.autocast():
             if recompute:
                 learner.model.eval()  # no dropout: old logprobs must be those the rollout sampled from
@@ -116,6 +124,9 @@ class RLStage(StageBase):
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + learner.step) % 2**63)
         n_mb = max(1, min(self.update.minibatches, rows))
         max_len = comm.max_int(exp.response_len)
+        P = exp.seq.shape[1] - exp.response_len
+        prompt_of = (distinct_prompts(exp.seq, exp.attn, P)[1].cpu() if len(exp) and P
+                     else torch.zeros(len(exp), dtype=torch.long))   # lexicographic rank of each row's prompt
         for _ in range(self.update.epochs):
             perm = torch.randperm(rows, generator=gen)
             chunks = perm.chunk(n_mb)
@@ -127,6 +138,9 @@ class RLStage(StageBase):
             # this rank's rows of each minibatch, in permutation order (one learner's row order)
             mine = [torch.nonzero(chunk_of[pos] == c).squeeze(-1) for c in range(len(chunks))]
             mine = [m[torch.argsort(order[pos[m]])] for m in mine]
+            # then rows of one prompt together (a stable sort, so every rank's order is still the restriction
+            # of one learner's): a micro-batch runs each of its prompts through the model once
+            mine = [m[torch.argsort(prompt_of[m], stable=True)] for m in mine]
             tokens = comm.all_sum(torch.tensor([float(exp.mask[m.to(exp.mask.device)].sum()) for m in mine],
                                                dtype=torch.float64))
             for c, m in enumerate(mine):
