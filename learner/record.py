@@ -107,7 +107,7 @@ def trained_steps(root: str | Path) -> list[Path]:
     the order the run trained them: the i-th is the run's step i+1 of those recorded."""
     root = Path(root)
     found = []
-    for folder in sorted(root.glob(PREFIX + "*")):
+    for folder in root.glob(PREFIX + "*"):
         state = folder / STATE
         if folder.is_dir() and not folder.name.endswith(".tmp") and state.is_file():
             if json.loads(state.read_text()).get("trained"):

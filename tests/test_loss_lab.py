@@ -30,7 +30,7 @@ from recipes.lab.config import ALL_LOSSES, LabConfig
 from recipes.lab.recorded import RecordedRun
 from recipes.lab.replay import replay_step
 from recipes.lab.roster import lab_learner, lab_stage
-from recipes.lab.scoring import batch_logprobs
+from recipes.lab.scoring import batch_log_softmax
 from recipes.lab.start import LabStart
 from recipes.lab.trial import run_trial
 from reward.actor import RewardConfig, RewardWorker
@@ -81,11 +81,11 @@ def test_every_loss_gradient_is_the_learners_and_a_loss_has_cosine_one_with_itse
     start = _start(tiny)
     assert float(start.batch.rewards.std()) > 0 and len(set(start.batch.rewards.tolist())) == len(start.batch)
     cfg = _cfg(updates=1)
-    ref_logp = batch_logprobs(start.reference, start.batch)
+    ref_log_sm = batch_log_softmax(start.reference, start.batch)
     grads = {}
     for name in ALL_LOSSES:
         stage = lab_stage(name, cfg, start)
-        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_logp)
+        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm)
         # the same loss through the learner's own training step, from the same weights
         stage = lab_stage(name, cfg, start)
         learner = lab_learner(stage, cfg, start)
@@ -98,7 +98,7 @@ def test_every_loss_gradient_is_the_learners_and_a_loss_has_cosine_one_with_itse
         assert float((trial.token_weights * (1 - start.batch.response_mask)).abs().max()) == 0.0, name
         grads[name] = trial.grad
     again = run_trial("grpo", lab_stage("grpo", cfg, start), lab_learner(lab_stage("grpo", cfg, start), cfg, start),
-                      start.batch, ref_logp)
+                      start.batch, ref_log_sm)
     m = cosine_matrix({**grads, "grpo again": again.grad})
     for i in range(len(m)):
         assert m[i][i] == pytest.approx(1.0, abs=1e-6)
@@ -113,11 +113,11 @@ def test_clip_shares_are_the_loss_modules_own(tiny):
     of clipped tokens are the clip_frac (dual_clip_frac) the loss modules report through the learner."""
     start = _start(tiny)
     cfg = _cfg(updates=2, lr=1e-2, grpo=GRPOLoss(clip=ClipConfig(dual_clip=1.5)))
-    ref_logp = batch_logprobs(start.reference, start.batch)
+    ref_log_sm = batch_log_softmax(start.reference, start.batch)
     clipped = {}
     for name in ALL_LOSSES:
         stage = lab_stage(name, cfg, start)
-        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_logp)
+        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm)
         stage = lab_stage(name, cfg, start)
         stats = lab_learner(stage, cfg, start).train_step(start.batch)
         mean = {s: sum(u[f"clip_{s}"] for u in trial.updates) / 2 for s in ("low", "high", "dual")}

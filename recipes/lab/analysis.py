@@ -22,34 +22,42 @@ def informative_rows(batch: RolloutBatch) -> torch.Tensor:
     return ~zero_variance_groups(batch.rewards, batch.group_uid)
 
 
-def weight_profile(weights: torch.Tensor, batch: RolloutBatch) -> dict[str, object]:
-    """Where a loss's per-token weights |d loss / d logp| go on `batch`:
+def _long_over_short(x: torch.Tensor, lengths: torch.Tensor) -> float | None:
+    """Mean of `x` over the rows longer than the median length, over its mean on the others."""
+    long = lengths > lengths.median()
+    if len(x) < 2 or not long.any() or long.all() or float(x[~long].mean()) <= 0:
+        return None
+    return float(x[long].mean() / x[~long].mean())
+
+
+def weight_profile(weights: torch.Tensor, advantages: torch.Tensor, batch: RolloutBatch) -> dict[str, object]:
+    """Where a loss's per-token weights |d loss / d logp| go on `batch` (`advantages` [B, R]: those the loss
+    computed for each token):
     - row_share: each response's share of the total;
     - zero_variance_share: the share on groups whose rewards are all equal (GRPO-style advantages give
       them 0; a critic or a tracker baseline does not, nor does a KL term);
     - long_over_short: mean weight per token of the informative responses longer than their median
-      length over that of the others (< 1: long responses get less per token);
-    - per_token_by_length: mean weight per token of each informative response, with its length."""
-    w = weights.abs() * batch.response_mask
-    lengths = batch.response_mask.sum(-1)
+      length over that of the others (< 1: long responses get less per token, for whatever reason);
+    - per_advantage_long_over_short: the same for the weight per token per unit of the token's advantage,
+      which leaves only what the loss's aggregation does with length (1: none; < 1: long responses are
+      diluted, as by a per-response mean);
+    - per_token_by_length: [length, mean weight per token] of each informative response."""
+    mask = batch.response_mask
+    w = weights.abs() * mask
+    lengths = mask.sum(-1)
     total = float(w.sum())
     per_row = w.sum(-1)
     per_token = per_row / lengths.clamp(min=1)
-    informative = informative_rows(batch)
-    out: dict[str, object] = {
+    per_adv = per_row / (advantages.abs() * mask).sum(-1).clamp(min=1e-12)
+    informative = informative_rows(batch) & ((advantages.abs() * mask).sum(-1) > 0)
+    return {
         "total": total,
         "row_share": (per_row / total).tolist() if total > 0 else [0.0] * len(batch),
-        "zero_variance_share": float(per_row[~informative].sum()) / total if total > 0 else 0.0,
-        "long_over_short": None,
+        "zero_variance_share": float(per_row[~informative_rows(batch)].sum()) / total if total > 0 else 0.0,
+        "long_over_short": _long_over_short(per_token[informative], lengths[informative]),
+        "per_advantage_long_over_short": _long_over_short(per_adv[informative], lengths[informative]),
         "per_token_by_length": [[int(n), float(x)] for n, x in zip(lengths[informative], per_token[informative])],
     }
-    if int(informative.sum()) >= 2:
-        n = lengths[informative]
-        x = per_token[informative]
-        long = n > n.median()
-        if long.any() and (~long).any() and float(x[~long].mean()) > 0:
-            out["long_over_short"] = float(x[long].mean() / x[~long].mean())
-    return out
 
 
 def heat_rows(batch: RolloutBatch, n: int) -> list[int]:

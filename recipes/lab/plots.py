@@ -3,7 +3,6 @@ pyplot state): the loss report (gradient cosines, per-token weights of a few res
 accuracy after k updates) and the mismatch report (gap and TIS weights by source)."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,19 +37,20 @@ def _strips(ax: Any, report: dict) -> None:
     R = max(heat["lengths"], default=1)
     lines, labels = [], []
     for k, row in enumerate(heat["rows"]):
+        lines.append(np.full(R, np.nan))
+        labels.append(f"row {row}: {heat['lengths'][k]} tokens, reward {heat['rewards'][k]:.2f}")
         for name in names:
             w = -np.asarray(heat["weights"][name][k], dtype=float)        # + raises the token's logprob
-            scale = heat["scale"][name]
+            scale = max(max(abs(x) for x in ws) if ws else 0.0 for ws in heat["weights"][name])
             line = np.full(R, np.nan)
             line[:len(w)] = w / scale if scale > 0 else 0.0
             lines.append(line)
             labels.append(name)
-        lines.append(np.full(R, np.nan))
-        labels.append(f"^ row {row}: {heat['lengths'][k]} tokens, reward {heat['rewards'][k]:.2f}")
     im = ax.imshow(np.array(lines), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(labels)), labels, fontsize=6)
     ax.set_xlabel("response token", fontsize=8)
-    ax.set_title("-d loss / d logp per token (each loss scaled to its largest on the batch)", fontsize=10)
+    ax.set_title("-d loss / d logp per token (+: raises the token; each loss scaled to its largest here)",
+                 fontsize=10)
     ax.figure.colorbar(im, ax=ax, fraction=0.046)
 
 
@@ -119,6 +119,9 @@ def mismatch_figure(mismatch: dict, path: str | Path) -> Path:
     ax.barh(y - 0.2, [max(src[n]["mismatch_abs_mean"], floor) for n in names], 0.4, label="mean |gap|")
     ax.barh(y + 0.2, [max(src[n]["mismatch_abs_max"], floor) for n in names], 0.4, label="max |gap|")
     ax.set_xscale("log")
+    for j, n in enumerate(names):
+        if src[n]["mismatch_abs_max"] == 0:
+            ax.text(floor, j, " 0: identical", fontsize=7, va="center")
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel("|rollout logprob - learner logprob| (nats)", fontsize=8)
     ax.legend(fontsize=7)
@@ -130,17 +133,14 @@ def mismatch_figure(mismatch: dict, path: str | Path) -> Path:
         for j, n in enumerate(names):
             t = src[n][f"tis_{level}"]["truncated_frac"]
             if t > 0:
-                ax.text(src[n][f"tis_{level}"]["weight_mean"], j + (i - 0.5) * 0.4, f" {t:.0%} at cap", fontsize=6,
+                ax.text(src[n][f"tis_{level}"]["weight_mean"], j + (i - 0.5) * 0.4, f" {t:.1%} at cap", fontsize=6,
                         va="center")
     ax.axvline(1.0, color="k", linewidth=0.8)
+    ax.set_xlim(0, max(1.35, max(src[n][f"tis_{lv}"]["weight_mean"] for n in names for lv in ("token", "sequence"))))
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel(f"mean TIS weight min(exp(learner - rollout), {mismatch['tis_cap']:g})", fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     ax.set_title("truncated importance weights each source would get", fontsize=10)
     fig.tight_layout()
     return _save(fig, Path(path))
 
-
-def finite(x: float | None) -> float | None:
-    """JSON has no NaN: None for a value that is not a finite number."""
-    return x if x is not None and math.isfinite(x) else None

@@ -21,7 +21,7 @@ from recipes.lab.mismatch import mismatch_report
 from recipes.lab.plots import loss_figure, mismatch_figure
 from recipes.lab.replay import replay_step
 from recipes.lab.roster import lab_learner, lab_stage
-from recipes.lab.scoring import batch_logprobs
+from recipes.lab.scoring import batch_log_softmax
 from recipes.lab.start import LabStart, lab_start
 from recipes.lab.trial import Probe, Trial, run_trial
 from recipes.seeds import derive_seed
@@ -65,7 +65,7 @@ def loss_entry(cfg: LabConfig, start: LabStart, trial: Trial, probe_before: floa
         "clip_mean": {s: sum(u[f"clip_{s}"] for u in ups) / len(ups) for s in ("low", "high", "dual")},
         "updates": ups, "kl_after": trial.kl_after, "probe_after": trial.probe_after,
         "probe_delta": None if probe_before is None else trial.probe_after - probe_before,
-        "weights": weight_profile(trial.token_weights, start.batch),
+        "weights": weight_profile(trial.token_weights, trial.advantages, start.batch),
     }
 
 
@@ -93,17 +93,16 @@ def print_table(report: dict[str, Any]) -> None:
     names = list(report["losses"])
     first = names[0]
     cos = dict(zip(report["cosine"]["losses"], report["cosine"]["matrix"][0]))
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     print(f"{'loss':<8} {'value':>10} {'|grad|':>9} {'cos ' + first:>10} {'clip lo/hi/dual':>17} "
-          f"{'long/short':>10} {'KL after':>9} {'probe':>7}")
+          f"{'long/short':>10} {'per A':>6} {'KL after':>9} {'probe':>7}")
     for n in names:
         e = report["losses"][n]
-        c = e["clip_mean"]
-        ls = e["weights"]["long_over_short"]
-        cs = cos[n]
-        probe = "-" if e["probe_after"] is None else f"{e['probe_after']:.3f}"
-        print(f"{n:<8} {e['loss']:>10.4g} {e['grad_norm']:>9.3g} {'-' if cs is None else f'{cs:.3f}':>10} "
-              f"{c['low']:>5.3f}/{c['high']:.3f}/{c['dual']:.3f} {'-' if ls is None else f'{ls:.2f}':>10} "
-              f"{e['kl_after']:>9.2e} {probe:>7}")
+        c, w = e["clip_mean"], e["weights"]
+        print(f"{n:<8} {e['loss']:>10.4g} {e['grad_norm']:>9.3g} {fmt(cos[n], '.3f'):>10} "
+              f"{c['low']:>5.3f}/{c['high']:.3f}/{c['dual']:.3f} {fmt(w['long_over_short'], '.2f'):>10} "
+              f"{fmt(w['per_advantage_long_over_short'], '.2f'):>6} {e['kl_after']:>9.2e} "
+              f"{fmt(e['probe_after'], '.3f'):>7}")
     if report["probe_before"] is not None:
         print(f"probe accuracy before the updates: {report['probe_before']:.3f}")
 
@@ -117,12 +116,12 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     print(f"[lab] batch: {len(start.batch)} responses, {start.origin}", flush=True)
     probe = make_probe(cfg, start)
     probe_before = probe(start.policy) if probe is not None else None
-    ref_logp = batch_logprobs(start.reference, start.batch, cfg.optim.micro_batch_size)
+    ref_log_sm = batch_log_softmax(start.reference, start.batch, cfg.optim.micro_batch_size)
     trials: dict[str, Trial] = {}
     for name in cfg.losses:
         torch.manual_seed(derive_seed(cfg.seed, "lab", name))
         stage = lab_stage(name, cfg, start)
-        trials[name] = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_logp, probe)
+        trials[name] = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm, probe)
         print(f"[lab] {name}: loss {trials[name].loss:.4g}, |grad| {trials[name].grad_norm:.3g} "
               f"({time.perf_counter() - t0:.0f}s)", flush=True)
     report = {

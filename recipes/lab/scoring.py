@@ -1,6 +1,7 @@
 """A model's view of the batch's response tokens, as the learner computes it (learner.stages.logprobs):
 logits at the positions that predicted each response token, log-probabilities under a temperature,
-in chunks of rows (the micro-batch size changes the rounding, which the mismatch report measures)."""
+in chunks of rows (the micro-batch size changes the rounding, which the mismatch report measures), and
+the exact KL between two models' next-token distributions at those positions."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -33,3 +34,16 @@ def batch_logprobs(model: torch.nn.Module, batch: RolloutBatch, chunk: int = 0,
     for rows, logits in chunked_logits(model, batch, chunk):
         out[rows] = logprobs_from_logits(logits / t if t != 1.0 else logits, batch.response_ids[rows])
     return out
+
+
+def batch_log_softmax(model: torch.nn.Module, batch: RolloutBatch, chunk: int = 0) -> torch.Tensor:
+    """[B, R, V] the whole next-token distribution (log) at each response position, at the batch's temperature."""
+    t = batch.temperature
+    parts = [torch.log_softmax(z / t if t != 1.0 else z, -1) for _, z in chunked_logits(model, batch, chunk)]
+    return torch.cat(parts)
+
+
+def token_kl(log_p: torch.Tensor, log_ref: torch.Tensor) -> torch.Tensor:
+    """[..., R] exact KL(p || ref) = sum_v p (log p - log ref) of each position's next-token distributions: over
+    the whole vocabulary, so it needs no sample of p (the batch's tokens were sampled by another policy)."""
+    return (log_p.exp() * (log_p - log_ref)).sum(-1)

@@ -26,6 +26,7 @@ class Terms:
     old: torch.Tensor             # [b, R] the ratio's denominator
     weights: torch.Tensor         # [b, R] d loss / d logp per token
     graph: torch.Tensor           # [b, R] the logprobs with their graph to the parameters
+    logits: torch.Tensor          # [b, R, V] at the sampling temperature (detached)
 
 
 def _policy_loss_call(stage: RLStage, learner: Learner, m: Micro, logp, old, w):
@@ -52,7 +53,7 @@ def micro_terms(stage: RLStage, learner: Learner, m: Micro) -> Terms:
     call = _ppo_loss_call if isinstance(stage, PPOStage) else _policy_loss_call
     loss, stats = call(stage, learner, m, logp, old, w)
     (weights,) = torch.autograd.grad(loss, logp)
-    return Terms(loss.detach(), stats, logp.detach(), old, weights, graph)
+    return Terms(loss.detach(), stats, logp.detach(), old, weights, graph, logits.detach())
 
 
 def backward(terms: Terms) -> None:

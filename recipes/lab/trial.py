@@ -12,10 +12,10 @@ from typing import Callable
 import torch
 
 from learner.learner import Learner, StatReducer
-from learner.losses import kl_estimate, masked_sum
+from learner.losses import masked_sum
 from learner.stages import RLStage
 from recipes.lab.clipping import clip_counts
-from recipes.lab.scoring import batch_logprobs
+from recipes.lab.scoring import batch_log_softmax, token_kl
 from recipes.lab.terms import backward, micro_terms
 
 Probe = Callable[[torch.nn.Module], float]
@@ -28,8 +28,9 @@ class Trial:
     stats: dict[str, float] = field(default_factory=dict)   # the loss module's statistics, first update
     grad: torch.Tensor | None = None       # the first update's policy gradient, flat
     token_weights: torch.Tensor | None = None   # [B, R] d loss / d logp per token, batch row order
+    advantages: torch.Tensor | None = None      # [B, R] the advantage each token's loss carries, batch row order
     updates: list[dict[str, float]] = field(default_factory=list)   # per update: loss, grad_norm, clip, kl
-    kl_after: float = 0.0                  # KL(policy || reference) on the batch's tokens after the k updates
+    kl_after: float = 0.0                  # KL(policy || reference) at the batch's positions after the k updates
     probe_after: float | None = None       # probe accuracy after the k updates
 
     @property
@@ -42,16 +43,17 @@ def policy_grad(model: torch.nn.Module) -> torch.Tensor:
                       for p in model.parameters() if p.requires_grad])
 
 
-def batch_kl(model: torch.nn.Module, batch, ref_logp: torch.Tensor, chunk: int) -> float:
-    """Mean k3 estimate of KL(model || reference) over the batch's loss-carrying tokens."""
+def batch_kl(model: torch.nn.Module, batch, ref_log_sm: torch.Tensor, chunk: int) -> float:
+    """Mean exact KL(model || reference) of the next-token distributions at the batch's loss-carrying positions."""
     mask = batch.response_mask
-    kl = kl_estimate(batch_logprobs(model, batch, chunk), ref_logp, "k3")
+    kl = token_kl(batch_log_softmax(model, batch, chunk), ref_log_sm)
     return float(masked_sum(kl, mask) / mask.sum().clamp(min=1))
 
 
-def run_trial(name: str, stage: RLStage, learner: Learner, batch, ref_logp: torch.Tensor,
+def run_trial(name: str, stage: RLStage, learner: Learner, batch, ref_log_sm: torch.Tensor,
               probe: Probe | None = None) -> Trial:
-    """Every update the stage plans for `batch` on `learner`; `ref_logp` [B, R] the reference's logprobs."""
+    """Every update the stage plans for `batch` on `learner`; `ref_log_sm` [B, R, V] the reference's next-token
+    log-distributions at the response positions (batch_log_softmax)."""
     trial = Trial(name)
     rows = batch.row_id.tolist() if batch.row_id is not None else list(range(len(batch)))
     place = {r: i for i, r in enumerate(rows)}
@@ -62,7 +64,7 @@ def run_trial(name: str, stage: RLStage, learner: Learner, batch, ref_logp: torc
             g["lr"] = learner.optim_cfg.lr_at(u)
         learner.optimizer.zero_grad(set_to_none=True)
         reducer, sides, total, kl, tokens = StatReducer(), {"low": 0.0, "high": 0.0, "dual": 0.0}, 0.0, 0.0, 0.0
-        weights = torch.zeros_like(batch.logprobs)
+        weights, adv = torch.zeros_like(batch.logprobs), torch.zeros_like(batch.logprobs)
         for m in micros:
             t = micro_terms(stage, learner, m)
             backward(t)
@@ -71,17 +73,20 @@ def run_trial(name: str, stage: RLStage, learner: Learner, batch, ref_logp: torc
             reducer.add(stage.per_token(t.stats, m), m.tokens)
             for side, n in clip_counts(stage.loss_fn, t.logp, t.old, e.adv, e.mask).items():
                 sides[side] += n
-            kl += float(masked_sum(kl_estimate(t.logp, e.ref_logp, "k3"), e.mask))
+            idx = [place[int(r)] for r in e.row_id]
+            log_sm = torch.log_softmax(t.logits, -1)
+            kl += float(masked_sum(token_kl(log_sm, ref_log_sm[idx].to(log_sm.device)), e.mask))
             tokens += m.tokens
-            weights[[place[int(r)] for r in e.row_id]] = t.weights.cpu()
+            weights[idx] = t.weights.cpu()
+            adv[idx] = (e.adv.unsqueeze(-1) if e.adv.dim() == 1 else e.adv).expand_as(t.logp).cpu()
         if u == 0:
             trial.loss, trial.stats = total, reducer.result()
-            trial.grad, trial.token_weights = policy_grad(model).clone(), weights
+            trial.grad, trial.token_weights, trial.advantages = policy_grad(model).clone(), weights, adv
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf))
         learner.optimizer.step()
         trial.updates.append({"loss": total, "grad_norm": norm, "kl_to_ref": kl / max(tokens, 1.0),
                               **{f"clip_{s}": n / max(tokens, 1.0) for s, n in sides.items()}})
-    trial.kl_after = batch_kl(model, batch, ref_logp, learner.optim_cfg.micro_batch_size)
+    trial.kl_after = batch_kl(model, batch, ref_log_sm, learner.optim_cfg.micro_batch_size)
     if probe is not None:
         trial.probe_after = probe(model)
     return trial
