@@ -14,6 +14,7 @@ from contract.batch import RolloutBatch
 from runtime import tune_malloc
 
 from .distributed import init_comm, rendezvous_store
+from .record import BatchRecorder
 
 
 def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
@@ -38,11 +39,13 @@ def rollout_stats(batches: tuple[RolloutBatch, ...]) -> dict[str, float]:
 class LearnerWorker:
     """Builds its Learner on the actor from a factory (so the model is created where it trains)."""
 
-    def __init__(self, factory: Callable[[], Any], threads: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, factory: Callable[[], Any], threads: int = 0, rank: int = 0, world_size: int = 1,
+                 recorder: BatchRecorder | None = None):
         tune_malloc()  # reuse freed [B, R, V] buffers instead of mmap/munmap per step
         if threads:
             torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS to the actor's CPU share
         self.factory, self.rank, self.world_size = factory, rank, world_size
+        self.recorder = recorder   # writes every batch it trains on, with the weights it starts from
         self.learner = factory() if world_size == 1 else None   # a rank builds it once the group has joined
         self.store = None     # rank 0 of a group: the rendezvous store it serves
 
@@ -71,7 +74,10 @@ class LearnerWorker:
         # the batches are read, never written: row ids and policy versions come from their producers
         batch = batches[0] if len(batches) == 1 else RolloutBatch.concat(list(batches))
         stale = self.learner.is_stale(batch)   # sampled with other weights (off-policy, or after a refill)
+        record = self.recorder.save(self.learner, batch, stale) if self.recorder is not None else None
         stats = self.learner.train_step(batch)
+        if record is not None:
+            self.recorder.finish(record, stats)
         stats["stale"] = float(stale)
         stats.update(rollout_stats(batches))
         stats["version"] = self.learner.version

@@ -43,11 +43,12 @@ class LearnerGroup:
 
     @classmethod
     def start(cls, factory: Callable[[], Any], cfg: LearnerGroupConfig, device: str, resources: dict,
-              threads: int, generation: int = 0, options: dict | None = None) -> "LearnerGroup":
+              threads: int, generation: int = 0, options: dict | None = None,
+              recorder: Any = None) -> "LearnerGroup":
         """`cfg.world_size` LearnerActors in a placement group (pack or spread), joined into one
         torch.distributed group at the rendezvous store rank 0 serves; each builds its Learner from
         `factory`. `resources`: one rank's Ray request (num_cpus, num_gpus); `options`: more actor options
-        (e.g. custom resources)."""
+        (e.g. custom resources); `recorder`: a learner.record.BatchRecorder (one rank only)."""
         from .actor import LearnerActor
 
         n = cfg.world_size
@@ -55,8 +56,11 @@ class LearnerGroup:
         names = ["learner" + suffix] + [f"learner-{r}{suffix}" for r in range(1, n)]
         opts = dict(options or {})
         pg = None
+        if recorder is not None and n > 1:
+            raise ValueError(f"recording batches needs one learner rank (each of {n} ranks holds part of a batch)")
         if n == 1:
-            actors = [LearnerActor.options(name=names[0], **resources, **opts).remote(factory, threads=threads)]
+            actors = [LearnerActor.options(name=names[0], **resources, **opts).remote(factory, threads=threads,
+                                                                                      recorder=recorder)]
         else:
             pg = placement_group([bundle(resources, opts.get("resources"))] * n, strategy=cfg.placement.upper())
             try:
@@ -74,7 +78,7 @@ class LearnerGroup:
         address, port = ray.get(actors[0].rendezvous.remote(cfg.timeout_s))
         group = cls(actors, cfg.timeout_s, generation=generation, placement_group=pg)
         group.ranks = group.wait([a.join.remote(address, port, device, cfg.timeout_s) for a in actors], "start")
-        group.spawn = lambda g: cls.start(factory, cfg, device, resources, threads, g, options)
+        group.spawn = lambda g: cls.start(factory, cfg, device, resources, threads, g, options, recorder)
         return group
 
     @property

@@ -40,6 +40,7 @@ from recipes.rl_config import MathRLConfig
 from recipes.driver import RLDriver, summarize_groups
 from recipes.ray_session import init_ray, placement, print_placement, resolve_device
 from recipes.prometheus import prometheus_binary, ray_targets, start_prometheus
+from recipes.recording import check_record_dir, recorder, start_recording
 from recipes.report import actors_peak_memory, print_summary, summarize_run
 from recipes.samplers import ShuffleSampler, WeightedSampler
 from recipes.seeds import derive_seed
@@ -135,7 +136,7 @@ def start_actors(cfg: MathRLConfig, prep: Prepared, device: str, rollout_actor: 
     # learner ranks split the cores evenly (they compute at the same time); the rollouts alternate with them
     learner = LearnerGroup.start(lambda: make_learner(cfg, prep.init_dir, device), cfg.learner, device,
                                  res["learner"], threads=cfg.threads or max(1, threads // ranks),
-                                 options=custom(cfg.learner_resources))
+                                 options=custom(cfg.learner_resources), recorder=recorder(cfg))
     restart = dict(max_restarts=3, max_task_retries=3)  # a dead rollout/reward actor is rebuilt, its task re-run
     rollouts = [rollout_actor.options(name=f"rollout-{i}", **res["rollout"], **custom(cfg.rollout_resources),
                                       **restart).remote(
@@ -195,6 +196,7 @@ def check_start(cfg: MathRLConfig) -> str:
         check_checkpoint_path(cfg.init, "--init")
     if cfg.reward.rm_path and cfg.reward.rm_weight:   # loaded by the reward actors: checked here first
         check_checkpoint(cfg.reward.rm_path, kind="score")
+    check_record_dir(cfg)
     if not cfg.address:   # a cluster may have the GPU this machine lacks
         check_device(cfg.device)
     ckpt_dir = str((run_dir / "checkpoint").resolve())
@@ -239,6 +241,7 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     # the run has started for real (data read, policy found, actors up): only now may the earlier results go
     start_fresh(run_dir, cfg.resume)
     (run_dir / "config.json").write_text(json.dumps({"algo": cfg.algo, **config_to_dict(cfg)}, indent=2))
+    start_recording(cfg, prep.init_dir, prep.tokenizer_dir)
     logger = MetricsLogger(run_dir, total_steps=cfg.driver.steps, desc=cfg.algo, enable_progress=cfg.progress,
                            ray_metrics=True)
     sampler = make_sampler(cfg, prep.train_prompts, lambda: actors.learner)

@@ -126,6 +126,9 @@ class MathRLConfig:
     """With --serve: bind address (0.0.0.0 exposes it on the network)."""
     serve_port: int = 8000
     """With --serve: HTTP port."""
+    record_batches: str | None = None
+    """Record every batch the learner trains on into this folder, with the weights it starts from, the
+    run's config and its starting policy, for experiments/loss_lab.py --record DIR (one learner rank)."""
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     pth: PthOptions = field(default_factory=PthOptions)
     optim: OptimConfig = field(default_factory=_optim)
@@ -150,6 +153,9 @@ class MathRLConfig:
             raise ValueError(f"--serve-every={self.serve_every} must be >= 1")
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
             raise ValueError(f"--max-prompt-tokens={self.max_prompt_tokens} must be >= 1 (or none)")
+        if self.record_batches and self.learner.world_size > 1:
+            raise ValueError(f"--record-batches records the batch of one learner rank: --learner.world-size="
+                             f"{self.learner.world_size} splits each batch over ranks; record with one rank")
         if self.eval_size < 0 or self.eval_samples < 0 or self.n_prompts < 1:
             raise ValueError(f"--eval-size={self.eval_size} and --eval-samples={self.eval_samples} must be "
                              f">= 0, --n-prompts={self.n_prompts} >= 1")
