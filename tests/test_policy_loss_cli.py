@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 
-from test_rl_pipeline import ROOT, _grpo_math, _train_rows
+from rl_helpers import ROOT, run_grpo_math, train_rows
 
 def _all_train_rows(run_dir) -> list[dict]:
     """metrics.jsonl's step rows with every key (timings included)."""
@@ -42,24 +42,24 @@ def test_help_shows_every_loss_section_with_its_defaults():
 def test_dapo_and_int8_cispo_runs(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     dapo = tmp_path / "dapo"
-    _grpo_math(dapo, address, *FAST, "--loss=dapo")
+    run_grpo_math(dapo, address, *FAST, "--loss=dapo")
     cfg = json.loads((dapo / "config.json").read_text())
     assert cfg["loss"] == "dapo" and cfg["filter_zero_variance"] is True
     assert cfg["dapo"]["overlong_max_len"] == 8                     # the run's --rollout.sampling.max-new-tokens
     assert json.loads((dapo / "summary.json").read_text())["loss"] == "dapo"
-    row = _train_rows(dapo)[0]
+    row = train_rows(dapo)[0]
     # dynamic sampling: either informative groups were trained on, or every refill was spent looking
     assert row.get("zero_var_frac") == 0.0 or row.get("refills") == 2, row
     # DAPO has no KL term: no reference model is built and no reference forward runs
     assert not any("reference_seconds" in r or "kl" in r for r in _all_train_rows(dapo))
 
     int8 = tmp_path / "int8"
-    out = _grpo_math(int8, address, *FAST, "--driver.steps=2", "--loss=cispo", "--rollout.quantize=int8",
+    out = run_grpo_math(int8, address, *FAST, "--driver.steps=2", "--loss=cispo", "--rollout.quantize=int8",
                      f"--init={dapo / 'bootstrap' / 'sft' / 'final'}")
     assert "grpo with the cispo loss" in out.stdout
     cfg = json.loads((int8 / "config.json").read_text())
     assert (cfg["rollout"]["quantize"], cfg["update"]["tis_cap"], cfg["update"]["tis_level"]) == ("int8", 2.0, "token")
-    rows = _train_rows(int8)
+    rows = train_rows(int8)
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:   # the int8 engine samples from a policy measurably different from the fp32 learner's
         assert 1e-5 < r["mismatch_abs_mean"] <= r["mismatch_abs_max"] < 0.5, r

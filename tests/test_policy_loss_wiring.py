@@ -21,7 +21,7 @@ from minimind.quantize import int8_layers, quantize_int8
 from recipes.rl_config import GRPOMathConfig, SPOMathConfig
 from rollout.engines import NativeEngine
 from rollout.worker import RolloutConfig
-from test_rl_stages import _model, _mixed_rewards, _optim, _p_target, _prompts, rollout
+from rl_helpers import mixed_rewards, optim, p_target, rollout, tiny_model, tiny_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -93,25 +93,25 @@ def test_int8_rollouts_turn_the_correction_on_unless_set():
 def test_every_loss_learns_a_trivial_reward_through_its_recipe_stage(name):
     """The stage `--loss NAME` builds (two minibatches per batch so the ratio moves), 15 steps of
     reward 1 for token 7 first: p(target) must go from < 0.03 to > 0.8."""
-    model = _model(seed=11)
-    prompts = _prompts(8, seed=60)
+    model = tiny_model(seed=11)
+    prompts = tiny_prompts(8, seed=60)
     target = 7
     cfg = _cfg("--loss", name, "--rollout.sampling.max-new-tokens", "2", "--update.minibatches", "2",
                f"--{name.replace('_', '-')}.kl.coef", "0", "--no-filter-zero-variance")
-    learner = Learner(model, cfg.stage(), _optim(5e-3))
-    p0 = _p_target(learner.model, prompts, target)
+    learner = Learner(model, cfg.stage(), optim(5e-3))
+    p0 = p_target(learner.model, prompts, target)
     for step in range(15):
         batch = rollout(learner.model, prompts, G=8, max_new_tokens=2, seed=100 + step, uid_base=step * 100)
         stats = learner.train_step(batch.with_rewards((batch.response_ids[:, 0] == target).float()))
         assert math.isfinite(stats["loss"])
-    p1 = _p_target(learner.model, prompts, target)
+    p1 = p_target(learner.model, prompts, target)
     print(f"{name}: p(target) {p0:.3f} -> {p1:.3f}")
     assert p0 < 0.03 and p1 > 0.8, (name, p0, p1)   # measured: 0.95 (gspo) to 0.996 (cispo)
 
 
 # ----------------------------------------------------------------------------- TIS in the stage
 def _grads(stage: GRPOStage, model, batch) -> tuple[list[torch.Tensor], dict]:
-    learner = Learner(copy.deepcopy(model), stage, _optim(grad_clip=0.0))
+    learner = Learner(copy.deepcopy(model), stage, optim(grad_clip=0.0))
     stats = learner.train_step(batch)
     return [p.grad.detach().clone() for p in learner.model.parameters() if p.grad is not None], stats
 
@@ -119,9 +119,9 @@ def _grads(stage: GRPOStage, model, batch) -> tuple[list[torch.Tensor], dict]:
 def test_truncated_importance_weights_scale_the_stage_gradient_and_log_the_mismatch():
     """An engine whose logprobs are the learner's + s on every token: the token weight is
     min(exp(-s), C), the gradient that weight times the uncorrected one, and the stats say so."""
-    model = _model()
+    model = tiny_model()
     G = 4
-    batch = rollout(model, _prompts(4), G=G, max_new_tokens=6, seed=3, rewards=_mixed_rewards(16, G))
+    batch = rollout(model, tiny_prompts(4), G=G, max_new_tokens=6, seed=3, rewards=mixed_rewards(16, G))
     loss = DAPOLoss(overlong_shaping=False)
     base, s0 = _grads(GRPOStage(loss_fn=loss), model, batch)
     assert s0["mismatch_abs_max"] < 1e-5 and "tis_truncated_frac" not in s0   # logged even with TIS off
@@ -144,10 +144,10 @@ def test_truncated_importance_weights_scale_the_stage_gradient_and_log_the_misma
 
 # ----------------------------------------------------------------------------- int8 engine
 def test_int8_engine_requantises_at_each_weight_sync():
-    a, b = _model(seed=0), _model(seed=1)
+    a, b = tiny_model(seed=0), tiny_model(seed=1)
     engine = NativeEngine(a.config, "cpu", quantize="int8")
     assert engine.name == "native-int8" and int8_layers(engine.model) > 0
-    seq = torch.tensor(_prompts(1, seed=2))
+    seq = torch.tensor(tiny_prompts(1, seed=2))
     for src in (a, b):
         engine.load_weights(src.state_dict())
         with torch.no_grad():
@@ -166,18 +166,18 @@ def test_spo_recipe_trains_the_chosen_objective_on_tracker_advantages(name):
     before the tracker's update) go into the chosen objective; the step updates the policy."""
     from learner.losses import spo_advantages
 
-    model = _model()
+    model = tiny_model()
     cfg = _cfg("--loss", name, cls=SPOMathConfig)
     stage = cfg.stage()
-    learner = Learner(copy.deepcopy(model), stage, _optim(1e-3), ref_model=copy.deepcopy(model))
+    learner = Learner(copy.deepcopy(model), stage, optim(1e-3), ref_model=copy.deepcopy(model))
     r = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
-    batch = rollout(learner.model, _prompts(6, seed=40), G=1, seed=41, rewards=r)
+    batch = rollout(learner.model, tiny_prompts(6, seed=40), G=1, seed=41, rewards=r)
     plan = stage.plan(learner, batch)
     want = spo_advantages(r, torch.full((6,), 0.5))
     micro = next(iter(plan.updates))[0]     # rows in the minibatch shuffle's order
     torch.testing.assert_close(micro.exp.adv.sort().values, want.sort().values)
     before = {k: v.clone() for k, v in learner.model.state_dict().items()}
-    stats = learner.train_step(rollout(learner.model, _prompts(6, seed=40), G=1, seed=42, rewards=r))
+    stats = learner.train_step(rollout(learner.model, tiny_prompts(6, seed=40), G=1, seed=42, rewards=r))
     assert stats["updates"] == 1 and math.isfinite(stats["loss"])
     assert ("is_weight_mean" in stats) == (name == "cispo") and ("seq_clip_frac" in stats) == (name == "gspo")
     assert any(not torch.equal(before[k], v) for k, v in learner.model.state_dict().items())

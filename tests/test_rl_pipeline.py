@@ -9,7 +9,6 @@ import functools
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -34,9 +33,9 @@ from recipes.actors import ActorGroups, RewardGroup, RolloutGroup
 from contract.batch import RolloutBatch
 from recipes.driver import DriverConfig, RLDriver
 from recipes.samplers import ShuffleSampler
+from rl_helpers import run_grpo_math, train_rows
 from rollout.worker import RolloutActor, RolloutConfig
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU0 = {"num_cpus": 0}                                  # everything fits a 2-core machine
 RESTART = {"max_restarts": 3, "max_task_retries": 3}    # as recipes.math_rl.start_actors
 
@@ -97,7 +96,7 @@ def _driver(a, cfg: DriverConfig, **kw) -> RLDriver:
     return RLDriver(cfg, a.groups, a.train, a.eval, ShuffleSampler(len(a.train), seed=0), seed=0, **kw)
 
 
-def _weights(a) -> dict:
+def weights(a) -> dict:
     import ray
     return ray.get(a.learner.weights.remote(), timeout=60)
 
@@ -106,7 +105,7 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     import ray
 
     import recipes.driver as driver_mod
-    w0 = _weights(actors)
+    w0 = weights(actors)
     v0 = ray.get(actors.learner.version.remote())
     got: list[str] = []
     real_get = ray.get
@@ -133,7 +132,7 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
         assert s["version"] == i + 1 and s["staleness"] == 0.0
         assert "kl" in s and "entropy" in s and "accuracy" in s and s["refills"] == 0
     assert ray.get(actors.learner.version.remote()) == v0 + 6
-    w1 = _weights(actors)
+    w1 = weights(actors)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert set(ev) == {"eval_accuracy", "eval_reward", "eval_response_length"} and ev["eval_response_length"] > 0
     ev = drv.evaluate(samples=2)
@@ -178,28 +177,6 @@ def test_killed_rollout_worker_is_restarted_and_the_run_completes(actors):
 PEAK_MB_BOUND = 800
 
 
-def _grpo_math(run_dir: Path, address: str, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
-    """The script in its own process (it shuts Ray down at the end), joining the session's Ray as it
-    would join a cluster: starting a fresh local Ray per run costs several seconds on 2 cores."""
-    args = [sys.executable, str(ROOT / "experiments" / "grpo_math.py"), f"--run-dir={run_dir}", f"--address={address}",
-            "--bootstrap.preset=tiny", "--bootstrap.n-train=100", "--bootstrap.pretrain-steps=1",
-            "--bootstrap.sft-steps=1", "--n-prompts=16", "--eval-size=8", "--no-dashboard", "--no-progress",
-            "--rollout-workers=2", "--threads=1", "--rollout.sampling.n=2", "--rollout.sampling.max-new-tokens=8",
-            "--driver.prompts-per-step=2", "--driver.checkpoint-every=1", *extra]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    out = subprocess.run(args, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
-    if ok:
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
-
-
-def _train_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    # timings vary; a run's last step has no periodic evaluation (the final one follows)
-    return [{k: v for k, v in r.items() if not k.endswith(("seconds", "per_second", "time")) and not k.startswith("eval")}
-            for r in rows if "reward_mean" in r]
-
-
 def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     """The real script: bootstrap, evaluate, train, checkpoint every step. A run stopped after step 2
     and resumed reproduces the uninterrupted run's metrics step for step (prompt order, rollout seeds
@@ -214,7 +191,7 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     same = [f"--dataset={data}", f"--test-dataset={data}", "--optim.total-steps=3", "--driver.eval-every=1",
             "--rollout.max-rows=4"]
     full = tmp_path / "full"
-    _grpo_math(full, address, "--driver.steps=3", *same)
+    run_grpo_math(full, address, "--driver.steps=3", *same)
     for name in ("summary.json", "metrics.jsonl", "curves.png", "final/model.safetensors", "final/tokenizer.json",
                  "checkpoint/trainer_state.pt"):
         assert (full / name).is_file(), name
@@ -229,32 +206,32 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     # the same command again is refused (nothing overwritten); --overwrite with a missing dataset never
     # starts, so the folder stays as it was, the bootstrap cache included
     files = {p: p.read_bytes() for p in full.rglob("*") if p.is_file()}
-    again = _grpo_math(full, address, "--driver.steps=3", *same, ok=False)
+    again = run_grpo_math(full, address, "--driver.steps=3", *same, ok=False)
     assert again.returncode == 2 and "--resume" in again.stderr and "--overwrite" in again.stderr, again.stderr
-    gone = _grpo_math(full, address, "--overwrite", f"--dataset={tmp_path / 'nope.jsonl'}", ok=False)
+    gone = run_grpo_math(full, address, "--overwrite", f"--dataset={tmp_path / 'nope.jsonl'}", ok=False)
     assert gone.returncode == 2 and "nope.jsonl" in gone.stderr, gone.stderr
     assert {p: p.read_bytes() for p in full.rglob("*") if p.is_file()} == files
 
     same.append(f"--init={full / 'bootstrap' / 'sft' / 'final'}")
     part = tmp_path / "part"
-    _grpo_math(part, address, "--driver.steps=2", *same)
-    out = _grpo_math(part, address, "--driver.steps=3", "--resume", *same)
+    run_grpo_math(part, address, "--driver.steps=2", *same)
+    out = run_grpo_math(part, address, "--driver.steps=3", "--resume", *same)
     assert "[resume] continuing at step 2" in out.stdout
     resumed = json.loads((part / "summary.json").read_text())
     assert (resumed["steps"], resumed["steps_this_process"]) == (3, 1)
     assert resumed["accuracy_before"] == summary["accuracy_before"]       # the run's start, not the checkpoint's
     assert json.loads((part / "checkpoint" / "extra.json").read_text())["step"] == 3
-    assert [r["step"] for r in _train_rows(part)] == [1, 2, 3]
-    assert _train_rows(part) == _train_rows(full)
+    assert [r["step"] for r in train_rows(part)] == [1, 2, 3]
+    assert train_rows(part) == train_rows(full)
 
     # two learner ranks (gloo), stopped after step 2 and resumed on ONE: the same run as the one-learner
     # run, step for step (float rounding apart: the ranks sum in another order). Two ranks resuming a
     # checkpoint is what a restart after a dead rank does (test_ray_lifetime.py)
     ranks = tmp_path / "ranks"
-    _grpo_math(ranks, address, "--driver.steps=2", "--learner.world-size=2", *same)
+    run_grpo_math(ranks, address, "--driver.steps=2", "--learner.world-size=2", *same)
     assert [r["rank"] for r in json.loads((ranks / "learner_ranks.json").read_text())] == [0, 1]
-    _grpo_math(ranks, address, "--driver.steps=3", "--resume", *same)
-    rows, ref = _train_rows(ranks), _train_rows(full)
+    run_grpo_math(ranks, address, "--driver.steps=3", "--resume", *same)
+    rows, ref = train_rows(ranks), train_rows(full)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"allreduce_seconds_rank0", "allreduce_seconds_rank1"} <= set(rows[1]) and "allreduce_seconds_rank1" not in rows[2]
     # each rank trained one of the step's two groups (two rollout workers, one prompt each: round-robin)
@@ -264,8 +241,8 @@ def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
         assert got == pytest.approx(want, rel=1e-4, abs=1e-6)
 
     other = tmp_path / "seed1"
-    _grpo_math(other, address, "--driver.steps=1", "--eval-size=0", "--seed=1", *same)
-    assert _train_rows(other)[0] != _train_rows(full)[0]
+    run_grpo_math(other, address, "--driver.steps=1", "--eval-size=0", "--seed=1", *same)
+    assert train_rows(other)[0] != train_rows(full)[0]
 
 
 def test_bootstrap_cache_is_reused_only_with_the_same_settings(tmp_path):

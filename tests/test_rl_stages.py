@@ -13,85 +13,25 @@ import pytest
 import torch
 
 from contract.batch import RolloutBatch
-from learner.config import OptimConfig
 from learner.learner import Learner
 from learner.losses import GRPOLoss, KLConfig, PPOLoss, SPOTracker
 from learner.stages import GRPOStage, PPOStage, RLUpdateConfig, SPOStage, ZeroVarianceFilter, response_logprobs
-from minimind.config import preset
-from minimind.generate import SamplingParams, generate
-from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
+from minimind.model import MiniMindScoreModel
+from rl_helpers import changed, mixed_rewards, optim, p_target, perturbed, rollout, tiny_model, tiny_prompts, weights
 
-V = 64
-PAD, EOS = 0, 2
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(seed: int = 0) -> MiniMindForCausalLM:
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(preset("tiny", vocab_size=V))
-
-
-def _prompts(n: int, seed: int = 0) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(3, 8, (n,), generator=g).tolist()   # different lengths: real left padding
-    return [torch.randint(3, V, (k,), generator=g).tolist() for k in lens]
-
-
-def rollout(model, prompts: list[list[int]], G: int, temperature: float = 1.0, max_new_tokens: int = 8,
-            seed: int = 0, uid_base: int = 0, rewards: torch.Tensor | None = None) -> RolloutBatch:
-    """What a RolloutWorker returns, without the tokenizer: G samples per prompt from `model`."""
-    out = generate(model, prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                  n=G, stop_token_ids=(EOS,), seed=seed), pad_id=PAD)
-    B = out.response_ids.shape[0]
-    uid = out.prompt_index + uid_base
-    batch = RolloutBatch(
-        prompt_ids=out.prompt_ids, prompt_mask=out.prompt_mask, response_ids=out.response_ids,
-        response_mask=out.response_mask.float(), logprobs=out.logprobs.float(), group_uid=uid,
-        prompt_keys=[f"p{int(u)}" for u in uid], answers=[""] * B, response_text=[""] * B,
-        temperature=temperature)
-    return batch if rewards is None else batch.with_rewards(rewards)
-
-
-def _optim(lr: float = 1e-3, **kw) -> OptimConfig:
-    return OptimConfig(lr=lr, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, **kw)
-
-
-def _weights(module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _changed(before: dict, module) -> bool:
-    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
-
-
-def _perturbed(model, seed: int = 1, scale: float = 0.05):
-    """A reference that differs from the policy, so the KL term has a gradient."""
-    ref = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return ref
-
-
-def _mixed_rewards(B: int, G: int, seed: int = 0) -> torch.Tensor:
-    """0/1 rewards with both values in every group (no zero-variance group)."""
-    g = torch.Generator().manual_seed(seed)
-    r = (torch.rand(B, generator=g) < 0.5).float().view(-1, G)
-    r[:, 0], r[:, 1] = 1.0, 0.0
-    return r.view(-1)
-
-
 # ----------------------------------------------------------------------------- old logprobs
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
 def test_learner_recomputes_the_rollout_logprobs(temperature):
-    model = _model()
-    batch = rollout(model, _prompts(4), G=3, temperature=temperature, max_new_tokens=10, seed=1,
+    model = tiny_model()
+    batch = rollout(model, tiny_prompts(4), G=3, temperature=temperature, max_new_tokens=10, seed=1,
                     rewards=torch.rand(12))
     stage = GRPOStage()
-    learner = Learner(copy.deepcopy(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    learner = Learner(copy.deepcopy(model), stage, optim(), ref_model=copy.deepcopy(model))
     exp, stats = stage.experience(learner, batch)
     assert stats["logprob_gap"] < 1e-5 and exp.temperature == temperature   # scored at the batch's temperature
     assert torch.equal(exp.old_logp, response_logprobs(learner.model, exp.seq, exp.attn, exp.response_len,
@@ -106,8 +46,8 @@ def test_learner_recomputes_the_rollout_logprobs(temperature):
 def test_rows_sharing_a_prompt_run_it_once_and_score_as_alone():
     """The G samples of a prompt: the prompt goes through the trunk once (3 prompts, not 12 rows), and
     every row's logprobs and their gradient are those of the row scored on its own."""
-    model = _model()
-    batch = rollout(model, _prompts(3), G=4, temperature=0.8, max_new_tokens=10, seed=6)
+    model = tiny_model()
+    batch = rollout(model, tiny_prompts(3), G=4, temperature=0.8, max_new_tokens=10, seed=6)
     seq, attn, mask, R = batch.sequences, batch.attention_mask, batch.response_mask.clone(), batch.response_ids.shape[1]
     rows_seen = []
     model.model.register_forward_hook(lambda _m, args, _out: rows_seen.append(args[0].shape[0]))
@@ -133,18 +73,18 @@ def _count_forwards(module) -> list[int]:
 def test_one_on_policy_update_takes_old_logprobs_from_its_own_forward():
     """epochs x minibatches == 1: the old policy IS the one being updated, so the learner skips the
     separate no-grad forward; the same update as with the engine's logprobs as the old ones."""
-    model = _model()
+    model = tiny_model()
     G = 4
-    batch = rollout(model, _prompts(4), G=G, max_new_tokens=10, seed=4, rewards=_mixed_rewards(16, G))
+    batch = rollout(model, tiny_prompts(4), G=G, max_new_tokens=10, seed=4, rewards=mixed_rewards(16, G))
     results = []
     for use_rollout in (False, True):
         stage = GRPOStage(loss_fn=GRPOLoss(kl=KLConfig(coef=0.1)),
                           update=RLUpdateConfig(use_rollout_logprobs=use_rollout))
-        learner = Learner(copy.deepcopy(model), stage, _optim(1e-3, micro_batch_size=8),
-                          ref_model=_perturbed(model))
+        learner = Learner(copy.deepcopy(model), stage, optim(1e-3, micro_batch_size=8),
+                          ref_model=perturbed(model))
         forwards = _count_forwards(learner.model.lm_head)   # one LM-head pass per scoring of a micro-batch
         stats = learner.train_step(batch)
-        results.append((forwards[0], stats, _weights(learner.model)))
+        results.append((forwards[0], stats, weights(learner.model)))
     (f_own, s_own, w_own), (f_engine, s_engine, w_engine) = results
     assert f_own == f_engine == 2                     # 2 micro-batches, no separate forward for old
     assert s_own["updates"] == 1 and s_own["logprob_gap"] < 1e-5
@@ -152,14 +92,14 @@ def test_one_on_policy_update_takes_old_logprobs_from_its_own_forward():
     assert s_own["loss"] == pytest.approx(s_engine["loss"], rel=1e-4, abs=1e-6)
     for k in w_own:  # the two olds differ by float rounding (< 1e-5): a 1e-3 Adam step apart would show
         torch.testing.assert_close(w_own[k], w_engine[k], rtol=0, atol=1e-5)
-    assert _changed(_weights(model), learner.model)
+    assert changed(weights(model), learner.model)
 
 
 def test_stale_batch_trains_against_the_behaviour_logprobs_without_a_recompute():
-    model = _model()
-    batch = rollout(model, _prompts(3), G=2, seed=5, rewards=torch.rand(6))   # sampled with version 0
+    model = tiny_model()
+    batch = rollout(model, tiny_prompts(3), G=2, seed=5, rewards=torch.rand(6))   # sampled with version 0
     stage = GRPOStage(update=RLUpdateConfig(minibatches=2))
-    learner = Learner(_perturbed(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    learner = Learner(perturbed(model), stage, optim(), ref_model=copy.deepcopy(model))
     learner.publish(1)                       # the learner has moved on: version 1 is what rollouts now get
     assert learner.is_stale(batch)
     forwards = _count_forwards(learner.model.model)
@@ -171,13 +111,13 @@ def test_stale_batch_trains_against_the_behaviour_logprobs_without_a_recompute()
 def test_stale_flag_survives_zero_variance_filtering():
     """Off-policy + filtering: the kept groups of a stale batch are concatenated for the update and
     must still train against the behaviour policy (the flag used to be lost in the concat)."""
-    model = _model()
+    model = tiny_model()
     stale = replace(_grouped_batch(model, [True, False], uid_base=0, seed=12), policy_version=0)
     fresh = replace(_grouped_batch(model, [True, True], uid_base=100, seed=13), policy_version=1)
     merged = RolloutBatch.concat([stale.select(torch.arange(4)), fresh])
     assert merged.policy_version == 0 and merged.temperature == 1.0
     stage = GRPOStage(filter=ZeroVarianceFilter(target_groups=3))
-    learner = Learner(_perturbed(model), stage, _optim(), ref_model=copy.deepcopy(model))
+    learner = Learner(perturbed(model), stage, optim(), ref_model=copy.deepcopy(model))
     learner.publish(1)
     assert learner.is_stale(merged) and not learner.is_stale(fresh)
     assert learner.train_step(stale)["need_more"] == 1.0       # 1 informative group of the 3 wanted
@@ -188,41 +128,41 @@ def test_stale_flag_survives_zero_variance_filtering():
 
 # ----------------------------------------------------------------------------- several updates
 def test_several_updates_per_batch_move_the_ratio():
-    model = _model()
+    model = tiny_model()
     G = 4
-    batch = rollout(model, _prompts(4), G=G, seed=2, rewards=_mixed_rewards(16, G))
-    one = Learner(copy.deepcopy(model), GRPOStage(), _optim(1e-3), ref_model=copy.deepcopy(model))
+    batch = rollout(model, tiny_prompts(4), G=G, seed=2, rewards=mixed_rewards(16, G))
+    one = Learner(copy.deepcopy(model), GRPOStage(), optim(1e-3), ref_model=copy.deepcopy(model))
     s1 = one.train_step(batch)
     assert s1["updates"] == 1 and s1["ratio_mean"] == 1.0 and s1["approx_kl"] == 0.0
     learner = Learner(copy.deepcopy(model), GRPOStage(update=RLUpdateConfig(epochs=2, minibatches=2)),
-                      _optim(1e-3), ref_model=copy.deepcopy(model))
+                      optim(1e-3), ref_model=copy.deepcopy(model))
     s4 = learner.train_step(batch)
     assert s4["updates"] == 4 and learner.step == 4
     assert abs(s4["ratio_mean"] - 1.0) > 1e-5 and s4["approx_kl"] > 0   # later updates: the policy moved
 
 
 def test_lr_zero_leaves_policy_and_ratio_unchanged():
-    model = _model()
+    model = tiny_model()
     G = 4
-    batch = rollout(model, _prompts(4), G=G, seed=2, rewards=_mixed_rewards(16, G))
-    cfg = _optim(1e-3)
+    batch = rollout(model, tiny_prompts(4), G=G, seed=2, rewards=mixed_rewards(16, G))
+    cfg = optim(1e-3)
     cfg.lr = 0.0   # OptimConfig refuses lr=0 at construction; this is a sanity check only
     learner = Learner(copy.deepcopy(model), GRPOStage(update=RLUpdateConfig(epochs=2, minibatches=2)), cfg,
                       ref_model=copy.deepcopy(model))
-    before = _weights(learner.model)
+    before = weights(learner.model)
     stats = learner.train_step(batch)
     assert stats["updates"] == 4
-    assert not _changed(before, learner.model)
+    assert not changed(before, learner.model)
     assert abs(stats["ratio_mean"] - 1.0) < 1e-6 and stats["clip_frac"] == 0.0
 
 
 # ----------------------------------------------------------------------------- micro-batching
 @pytest.mark.parametrize("algo", ["grpo", "ppo"])
 def test_micro_batching_gives_the_same_gradient(algo):
-    model = _model()
+    model = tiny_model()
     G = 4
-    batch = rollout(model, _prompts(4), G=G, max_new_tokens=10, seed=3, rewards=_mixed_rewards(16, G))
-    ref = _perturbed(model)
+    batch = rollout(model, tiny_prompts(4), G=G, max_new_tokens=10, seed=3, rewards=mixed_rewards(16, G))
+    ref = perturbed(model)
     torch.manual_seed(5)
     critic = MiniMindScoreModel(model.config)
     with torch.no_grad():
@@ -231,13 +171,13 @@ def test_micro_batching_gives_the_same_gradient(algo):
     for mbs in (0, 2):
         if algo == "grpo":
             stage = GRPOStage(loss_fn=GRPOLoss(kl=KLConfig(coef=0.1)))
-            learner = Learner(copy.deepcopy(model), stage, _optim(micro_batch_size=mbs, grad_clip=0.0),
+            learner = Learner(copy.deepcopy(model), stage, optim(micro_batch_size=mbs, grad_clip=0.0),
                               ref_model=copy.deepcopy(ref))
             modules = [learner.model]
         else:
             stage = PPOStage(loss_fn=PPOLoss(kl=KLConfig(coef=0.1, kind="k1", in_reward=True)),
                              update=RLUpdateConfig())
-            learner = Learner(copy.deepcopy(model), stage, _optim(micro_batch_size=mbs, grad_clip=0.0),
+            learner = Learner(copy.deepcopy(model), stage, optim(micro_batch_size=mbs, grad_clip=0.0),
                               ref_model=copy.deepcopy(ref), critic=copy.deepcopy(critic))
             modules = [learner.model, learner.critic]
         stats = learner.train_step(batch)      # one update: its gradients stay on the parameters
@@ -259,7 +199,7 @@ def test_micro_batching_gives_the_same_gradient(algo):
 def _grouped_batch(model, informative: list[bool], uid_base: int, seed: int) -> RolloutBatch:
     """One group per entry; informative groups get rewards [1, 0, 0, 1], the others all 0."""
     G = 4
-    batch = rollout(model, _prompts(len(informative), seed=seed), G=G, seed=seed, uid_base=uid_base)
+    batch = rollout(model, tiny_prompts(len(informative), seed=seed), G=G, seed=seed, uid_base=uid_base)
     r = torch.zeros(len(informative), G)
     for i, inf in enumerate(informative):
         if inf:
@@ -268,29 +208,29 @@ def _grouped_batch(model, informative: list[bool], uid_base: int, seed: int) -> 
 
 
 def test_zero_variance_filter_refills_then_trains_on_informative_groups():
-    model = _model()
+    model = tiny_model()
     stage = GRPOStage(filter=ZeroVarianceFilter(max_refills=2), update=RLUpdateConfig(minibatches=2))
-    learner = Learner(copy.deepcopy(model), stage, _optim(1e-3), ref_model=copy.deepcopy(model))
-    before = _weights(learner.model)
+    learner = Learner(copy.deepcopy(model), stage, optim(1e-3), ref_model=copy.deepcopy(model))
+    before = weights(learner.model)
 
     mostly_flat = _grouped_batch(model, [True, False, False, False], uid_base=0, seed=10)
     s1 = learner.train_step(mostly_flat)
     assert s1["need_more"] == 1.0 and s1["updates"] == 0
-    assert learner.step == 0 and not _changed(before, learner.model)
+    assert learner.step == 0 and not changed(before, learner.model)
 
     informative = _grouped_batch(model, [True, True, True, False], uid_base=100, seed=11)
     s2 = learner.train_step(informative)
     assert s2["need_more"] == 0.0
-    assert s2["updates"] == 2 and learner.step == 2 and _changed(before, learner.model)
+    assert s2["updates"] == 2 and learner.step == 2 and changed(before, learner.model)
     assert s2["rows"] == 16.0                   # 1 + 3 informative groups of 4, the 4 flat ones dropped
     assert s2["zero_var_frac"] == 0.0
     assert s2["reward_mean"] == pytest.approx(0.5)
 
 
 def test_zero_variance_filter_honours_max_refills():
-    model = _model()
+    model = tiny_model()
     stage = GRPOStage(filter=ZeroVarianceFilter(max_refills=2))
-    learner = Learner(copy.deepcopy(model), stage, _optim(1e-3), ref_model=copy.deepcopy(model))
+    learner = Learner(copy.deepcopy(model), stage, optim(1e-3), ref_model=copy.deepcopy(model))
     flat = lambda base, seed: _grouped_batch(model, [False] * 3, uid_base=base, seed=seed)  # noqa: E731
     one = _grouped_batch(model, [True, False, False], uid_base=0, seed=20)
     assert learner.train_step(one)["need_more"] == 1.0
@@ -299,7 +239,7 @@ def test_zero_variance_filter_honours_max_refills():
     assert s["need_more"] == 0.0 and s["updates"] >= 1 and s["rows"] == 4.0
     # nothing informative at all: gives up after max_refills without an update, state is reset
     learner2 = Learner(copy.deepcopy(model), GRPOStage(filter=ZeroVarianceFilter(max_refills=1)),
-                       _optim(1e-3), ref_model=copy.deepcopy(model))
+                       optim(1e-3), ref_model=copy.deepcopy(model))
     assert learner2.train_step(flat(0, 23))["need_more"] == 1.0
     s = learner2.train_step(flat(10, 24))
     assert s["need_more"] == 0.0 and s["updates"] == 0 and learner2.step == 0
@@ -308,11 +248,11 @@ def test_zero_variance_filter_honours_max_refills():
 
 # ----------------------------------------------------------------------------- PPO
 def test_ppo_trains_policy_and_critic():
-    model = _model()
+    model = tiny_model()
     torch.manual_seed(7)
     critic = MiniMindScoreModel(model.config)
     stage = PPOStage(update=RLUpdateConfig(minibatches=2))
-    learner = Learner(copy.deepcopy(model), stage, _optim(1e-3), ref_model=copy.deepcopy(model),
+    learner = Learner(copy.deepcopy(model), stage, optim(1e-3), ref_model=copy.deepcopy(model),
                       critic=critic)
     seen: list[dict] = []
     orig = stage.loss
@@ -322,11 +262,11 @@ def test_ppo_trains_policy_and_critic():
         return orig(lrn, m)
 
     stage.loss = spy
-    pol0, crit0 = _weights(learner.model), _weights(learner.critic)
+    pol0, crit0 = weights(learner.model), weights(learner.critic)
     head0 = learner.critic.score.weight.detach().clone()
     trunk0 = {k: v for k, v in crit0.items() if k.startswith("model.")}
     for step in range(3):
-        batch = rollout(learner.model, _prompts(4, seed=step), G=2, seed=30 + step,
+        batch = rollout(learner.model, tiny_prompts(4, seed=step), G=2, seed=30 + step,
                         rewards=torch.rand(8, generator=torch.Generator().manual_seed(step)))
         stats = learner.train_step(batch)
         assert stats["updates"] == 2
@@ -336,16 +276,16 @@ def test_ppo_trains_policy_and_critic():
     for m in seen:
         for t in m.values():
             assert torch.isfinite(t).all()
-    assert _changed(pol0, learner.model)
+    assert changed(pol0, learner.model)
     assert not torch.equal(head0, learner.critic.score.weight)
     assert any(not torch.equal(trunk0[k], learner.critic.state_dict()[k]) for k in trunk0)
 
 
 def test_ppo_needs_critic_and_reference():
     with pytest.raises(ValueError, match="critic"):
-        Learner(_model(), PPOStage(), _optim())
-    learner = Learner(_model(), PPOStage(), _optim(), critic=MiniMindScoreModel(_model().config))
-    batch = rollout(learner.model, _prompts(2), G=2, seed=0, rewards=torch.rand(4))
+        Learner(tiny_model(), PPOStage(), optim())
+    learner = Learner(tiny_model(), PPOStage(), optim(), critic=MiniMindScoreModel(tiny_model().config))
+    batch = rollout(learner.model, tiny_prompts(2), G=2, seed=0, rewards=torch.rand(4))
     with pytest.raises(ValueError, match="reference"):
         learner.train_step(batch)
 
@@ -353,14 +293,14 @@ def test_ppo_needs_critic_and_reference():
 # ----------------------------------------------------------------------------- SPO
 def _spo_learner(model, tracker: SPOTracker | None = None) -> Learner:
     stage = SPOStage(update=RLUpdateConfig(minibatches=2), tracker=tracker or SPOTracker())
-    return Learner(copy.deepcopy(model), stage, _optim(1e-3), ref_model=copy.deepcopy(model))
+    return Learner(copy.deepcopy(model), stage, optim(1e-3), ref_model=copy.deepcopy(model))
 
 
 def test_spo_tracker_baseline_before_update_and_drift_rho():
-    model = _model()
+    model = tiny_model()
     learner = _spo_learner(model)
     tr: SPOTracker = learner.stage.tracker
-    prompts = _prompts(6, seed=40)
+    prompts = tiny_prompts(6, seed=40)
     r1 = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0])
     b1 = rollout(learner.model, prompts, G=1, seed=41, rewards=r1)
     keys = b1.prompt_keys
@@ -402,10 +342,10 @@ def test_spo_drift_is_zero_for_an_unchanged_policy():
     """D is the policy's drift on the prompt's PREVIOUS response (rescored now vs when sampled), not
     the difference between two different sampled responses: with the policy unchanged, a second
     visit with a different response has D = 0 and rho at its maximum."""
-    model = _model()
+    model = tiny_model()
     stage = SPOStage(tracker=SPOTracker())
-    learner = Learner(copy.deepcopy(model), stage, _optim(), ref_model=copy.deepcopy(model))
-    prompts = _prompts(6, seed=43)
+    learner = Learner(copy.deepcopy(model), stage, optim(), ref_model=copy.deepcopy(model))
+    prompts = tiny_prompts(6, seed=43)
     b1 = rollout(learner.model, prompts, G=1, max_new_tokens=10, seed=1, rewards=torch.rand(6).round())
     b2 = rollout(learner.model, prompts, G=1, max_new_tokens=10, seed=2, rewards=torch.rand(6).round())
     assert not torch.equal(b1.response_ids, b2.response_ids)    # different sampled responses
@@ -415,14 +355,14 @@ def test_spo_drift_is_zero_for_an_unchanged_policy():
 
 
 def test_spo_tracker_checkpointed_and_init(tmp_path):
-    model = _model()
+    model = tiny_model()
     learner = _spo_learner(model)
     stage: SPOStage = learner.stage
     assert stage.init_tracker({"p0": [1.0, 0.0, 1.0, 1.0], "p1": [2.0, -1.0]}) == 2   # clipped to [0, 1]
     n0 = stage.tracker.n0
     assert stage.tracker.params("p0") == pytest.approx((n0 * 0.75, n0 * 0.25))
     assert stage.tracker.params("p1") == pytest.approx((n0 * 0.5, n0 * 0.5))
-    batch = rollout(learner.model, _prompts(4, seed=50), G=1, seed=51, rewards=torch.tensor([1.0, 0, 0, 1]))
+    batch = rollout(learner.model, tiny_prompts(4, seed=50), G=1, seed=51, rewards=torch.tensor([1.0, 0, 0, 1]))
     learner.train_step(batch)
     state = stage.tracker.state_dict()
     assert len(state["ab"]) == 4 and len(state["memory"]) == 4             # p0, p1 initialised, then seen
@@ -431,7 +371,7 @@ def test_spo_tracker_checkpointed_and_init(tmp_path):
     assert stage.tracker.params("p2") == pytest.approx((rho, rho + 1))     # prior (1, 1), reward 0
     learner.save_checkpoint(tmp_path / "ckpt")
 
-    fresh = _spo_learner(_model(seed=3))
+    fresh = _spo_learner(tiny_model(seed=3))
     assert len(fresh.stage.tracker) == 0
     fresh.load_checkpoint(tmp_path / "ckpt")
     assert fresh.stage.tracker.state_dict() == state
@@ -441,32 +381,23 @@ def test_spo_tracker_checkpointed_and_init(tmp_path):
 
 
 # ----------------------------------------------------------------------------- it learns
-def _p_target(model, prompts, target: int) -> float:
-    """Exact expected reward: mean over prompts of p(first response token = target)."""
-    with torch.no_grad():
-        model.eval()
-        out = generate(model, prompts, SamplingParams(max_new_tokens=1, temperature=0.0, n=1), pad_id=PAD)
-        seq = torch.cat([out.prompt_ids, out.response_ids], 1)
-        attn = torch.cat([out.prompt_mask, out.response_mask.long()], 1)
-        logits = model(seq, attention_mask=attn).logits[:, -2].float()
-        model.train()
-    return float(logits.softmax(-1)[:, target].mean())
+
 
 
 def test_grpo_learns_a_trivial_reward():
-    model = _model(seed=11)
-    prompts = _prompts(8, seed=60)
+    model = tiny_model(seed=11)
+    prompts = tiny_prompts(8, seed=60)
     target = 7
     stage = GRPOStage(loss_fn=GRPOLoss(kl=KLConfig(coef=0.0)), update=RLUpdateConfig(minibatches=2))
-    learner = Learner(model, stage, _optim(5e-3))
-    p0 = _p_target(learner.model, prompts, target)
+    learner = Learner(model, stage, optim(5e-3))
+    p0 = p_target(learner.model, prompts, target)
     rewards = []
     for step in range(15):
         batch = rollout(learner.model, prompts, G=8, max_new_tokens=2, seed=100 + step, uid_base=step * 100)
         r = (batch.response_ids[:, 0] == target).float()
         rewards.append(float(r.mean()))
         learner.train_step(batch.with_rewards(r))
-    p1 = _p_target(learner.model, prompts, target)
+    p1 = p_target(learner.model, prompts, target)
     print(f"p(target) {p0:.3f} -> {p1:.3f}; sampled reward {rewards}")
     # measured (model seeds 11-13): p 0.014-0.017 -> 0.978-0.984; sampled reward ~0.02 -> ~0.95
     assert p0 < 0.03 and p1 > 0.8
@@ -480,11 +411,11 @@ def test_the_learner_never_writes_into_the_batches_it_is_handed():
 
     from learner.actor import LearnerWorker
 
-    model = _model()
-    worker = LearnerWorker(lambda: Learner(_perturbed(model), GRPOStage(update=RLUpdateConfig(minibatches=2)),
-                                           _optim(), ref_model=copy.deepcopy(model)))
+    model = tiny_model()
+    worker = LearnerWorker(lambda: Learner(perturbed(model), GRPOStage(update=RLUpdateConfig(minibatches=2)),
+                                           optim(), ref_model=copy.deepcopy(model)))
     worker.weights(0)
-    parts = [replace(rollout(model, _prompts(3), G=2, seed=s, rewards=torch.rand(6)), policy_version=v,
+    parts = [replace(rollout(model, tiny_prompts(3), G=2, seed=s, rewards=torch.rand(6)), policy_version=v,
                      row_id=(s << 24) + torch.arange(6)) for s, v in ((1, 0), (2, 0))]
     before = copy.deepcopy(parts)
     assert worker.train_step(*parts)["stale"] == 0.0
