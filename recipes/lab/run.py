@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from minimind.tokenizer import MiniMindTokenizer
 from recipes.cli import config_to_dict, parse_config
 from recipes.errors import run_or_exit
 from recipes.evaluate import evaluate_math, heldout_problems
@@ -70,7 +69,7 @@ def loss_entry(cfg: LabConfig, start: LabStart, trial: Trial, probe_before: floa
 
 
 def heat_entry(cfg: LabConfig, start: LabStart, trials: dict[str, Trial]) -> dict[str, Any]:
-    b, tok = start.batch, MiniMindTokenizer.load(start.tokenizer_dir)
+    b, tok = start.batch, start.tokenizer
     rows = heat_rows(b, cfg.heat_rows)
     lengths = [int(b.response_mask[r].sum()) for r in rows]
     return {"rows": rows, "lengths": lengths, "rewards": [float(b.rewards[r]) for r in rows],
@@ -127,7 +126,7 @@ def run_lab(cfg: LabConfig) -> dict[str, Any]:
     report = {
         "origin": start.origin, "batch": batch_summary(start),
         "settings": {"updates": cfg.updates, "lr": cfg.optim.lr, "micro_batch_size": cfg.optim.micro_batch_size,
-                     "probe_size": cfg.probe_size, "seed": cfg.seed},
+                     "probe_size": cfg.probe_size, "seed": cfg.seed, "threads": torch.get_num_threads()},
         "probe_before": probe_before,
         "losses": {n: loss_entry(cfg, start, t, probe_before) for n, t in trials.items()},
         "cosine": {"losses": list(trials), "matrix": cosine_matrix({n: t.grad for n, t in trials.items()})},
