@@ -30,6 +30,9 @@ class RolloutBatch:
     policy_version: int = 0             # the driver's serial of the weights the rollout sampled with (the
                                         #   learner compares it with what it last published: stale or not)
     rewards: torch.Tensor | None = None # [B] float32, filled by the reward actor
+    correct: torch.Tensor | None = None # [B] float32, filled with rewards: each row's score from the
+                                        #   verifier that defines accuracy (1 right, 0 wrong), whatever
+                                        #   else the reward adds (evaluation slices, pass@k)
     reward_info: dict[str, Any] = field(default_factory=dict)  # per-component means, error counts
     meta: dict[str, Any] = field(default_factory=dict)         # timings, engine name, ...
     # multi-turn episodes (rollout.multiturn); None for single-turn batches. The response then holds
@@ -63,8 +66,10 @@ class RolloutBatch:
     def multiturn(self) -> bool:
         return self.response_attn is not None
 
-    def with_rewards(self, rewards: torch.Tensor, info: dict[str, Any] | None = None) -> "RolloutBatch":
-        return replace(self, rewards=rewards.float(), reward_info=dict(info or {}))
+    def with_rewards(self, rewards: torch.Tensor, info: dict[str, Any] | None = None,
+                     correct: torch.Tensor | None = None) -> "RolloutBatch":
+        return replace(self, rewards=rewards.float(), reward_info=dict(info or {}),
+                       correct=None if correct is None else correct.float())
 
     def select(self, idx: torch.Tensor | list[int]) -> "RolloutBatch":
         """Rows `idx` (e.g. the groups that survive zero-variance filtering)."""
@@ -78,8 +83,7 @@ class RolloutBatch:
             logprobs=self.logprobs[idx_t], group_uid=self.group_uid[idx_t],
             prompt_keys=pick(self.prompt_keys), answers=pick(self.answers),
             response_text=pick(self.response_text),
-            rewards=None if self.rewards is None else self.rewards[idx_t],
-            **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in EPISODE_FIELDS + ("row_id",)},
+            **{f: (None if getattr(self, f) is None else getattr(self, f)[idx_t]) for f in ROW_FIELDS},
         )
 
     def shard(self, n: int, offset: int = 0) -> list["RolloutBatch"]:
@@ -111,9 +115,8 @@ class RolloutBatch:
             return torch.nn.functional.pad(t, (0, n - t.shape[1]), value=v)
 
         cat = lambda f, pad, n, v: torch.cat([pad(getattr(b, f), n, v) for b in batches])  # noqa: E731
-        rewards = None
-        if all(b.rewards is not None for b in batches):
-            rewards = torch.cat([b.rewards for b in batches])
+        scores = {f: torch.cat([getattr(b, f) for b in batches]) if all(getattr(b, f) is not None for b in batches)
+                  else None for f in ("rewards", "correct")}
         kinds = {b.multiturn for b in batches}
         if len(kinds) > 1:
             raise ValueError("RolloutBatch.concat: multi-turn and single-turn batches cannot be joined "
@@ -138,7 +141,7 @@ class RolloutBatch:
             response_text=sum((b.response_text for b in batches), []),
             temperature=temps.pop(),
             policy_version=min(b.policy_version for b in batches),
-            rewards=rewards,
+            **scores,
             reward_info=_merge_info([b.reward_info for b in batches], [len(b) for b in batches]),
             meta=_merge_info([b.meta for b in batches], [len(b) for b in batches]),
             row_id=row_id,
@@ -151,6 +154,9 @@ EPISODE_COUNTS = ("turns", "tool_calls", "tool_errors")
 
 EPISODE_FIELDS = ("response_attn",) + EPISODE_COUNTS
 """The per-row fields of multi-turn episodes (None together on single-turn batches)."""
+
+ROW_FIELDS = ("rewards", "correct", "row_id") + EPISODE_FIELDS
+"""The optional [B, ...] tensors: None or one entry per row, kept row for row by select/shard."""
 
 
 def _merge_info(infos: list[dict[str, Any]], rows: list[int]) -> dict[str, Any]:

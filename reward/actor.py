@@ -111,11 +111,11 @@ class RewardWorker:
         self._seconds = 0.0
 
     def score(self, batch: RolloutBatch) -> RolloutBatch:
-        """`batch` with rewards [B] float32 and reward_info: score/<name>, errors/<name>,
+        """`batch` with rewards [B] float32, correct [B] (the math verifier's 1/0) and reward_info: score/<name>, errors/<name>,
         timeouts/<name>, seconds/<name>, errors/total, accuracy, reward/mean|std|min|max,
         seconds, rows, policy_version."""
         t0 = time.perf_counter()
-        rewards, info = self.scorer.score(batch)
+        rewards, info, correct = self.scorer.score(batch)
         dt = time.perf_counter() - t0
         info["seconds"] = dt
         info["rows"] = len(batch)
@@ -123,7 +123,7 @@ class RewardWorker:
         self._batches += 1
         self._rows += len(batch)
         self._seconds += dt
-        return batch.with_rewards(rewards, info)
+        return batch.with_rewards(rewards, info, correct)
 
     def score_parts(self, batch: RolloutBatch, parts: int, offset: int = 0) -> list[RolloutBatch]:
         """`score(batch)` cut into `parts` of whole groups (RolloutBatch.shard), one per learner rank."""

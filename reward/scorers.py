@@ -257,7 +257,8 @@ class CombinedScorer:
     """Weighted sum of guarded components.
 
     components: `Component`s or `(name, scorer, weight)` tuples; names must be unique.
-    `score(batch) -> (rewards [B] float32, info)`; `__call__` returns only the rewards.
+    `score(batch) -> (rewards [B] float32, info, correct)`: `correct` [B] is the raw score of component
+    `accuracy_key` (None without one); `__call__` returns only the rewards.
     info (plain floats/ints): `score/<name>` mean raw (unweighted) score, `errors/<name>` rows
     that got the fallback this call, `timeouts/<name>` (0/1), `seconds/<name>`, `errors/total`,
     `reward/mean|std|min|max`, and `accuracy` = mean of component `accuracy_key` if present.
@@ -289,8 +290,9 @@ class CombinedScorer:
     def __call__(self, batch: RolloutBatch) -> torch.Tensor:
         return self.score(batch)[0]
 
-    def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+    def score(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor | None]:
         B = len(batch)
+        correct = None
         total = torch.zeros(B, dtype=torch.float64)
         info: dict[str, Any] = {}
         n_err = 0
@@ -305,6 +307,7 @@ class CombinedScorer:
             info[f"seconds/{c.name}"] = r.seconds
             if c.name == self.accuracy_key:
                 info["accuracy"] = info[f"score/{c.name}"]
+                correct = r.values.float()
             self.error_counts[c.name] += r.errors
             self.timeout_counts[c.name] += int(r.timed_out)
             n_err += r.errors
@@ -317,7 +320,7 @@ class CombinedScorer:
         if B:
             info.update({"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
                          "reward/min": float(rewards.min()), "reward/max": float(rewards.max())})
-        return rewards, info
+        return rewards, info, correct
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{c.name}={c.weight:g}*{c.scorer!r}" for c in self.components)

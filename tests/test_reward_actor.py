@@ -86,7 +86,7 @@ def test_combined_weights_exact():
     a = torch.tensor([1.0, 0.0, 0.25, -2.0])
     c = torch.tensor([0.5, 3.0, 1.0, 0.0])
     comb = CombinedScorer([("a", Const(a), 2.0), ("c", Const(c), -0.5)], timeout_s=None)
-    rewards, info = comb.score(b)
+    rewards, info, _ = comb.score(b)
     expected = (2.0 * a.double() - 0.5 * c.double()).float()
     assert rewards.dtype == torch.float32
     assert torch.equal(rewards, expected)
@@ -99,7 +99,7 @@ def test_combined_weights_exact():
 
 def test_math_plus_format_weights():
     comb = CombinedScorer([("math", MathVerifierScorer(), 1.0), ("format", FormatScorer(), 0.1)])
-    rewards, info = comb.score(make_batch(RESPONSES, ANSWERS))
+    rewards, info, _ = comb.score(make_batch(RESPONSES, ANSWERS))
     assert torch.equal(rewards, torch.tensor([1.1, 1.05, 0.0, 1.0], dtype=torch.float64).float())
     assert info["accuracy"] == 0.75
     assert info["score/format"] == pytest.approx(1.5 / 4)
@@ -108,7 +108,7 @@ def test_math_plus_format_weights():
 def test_row_exception_costs_only_that_row():
     b = make_batch(["#### 7", "BOOM #### 7", "#### 7", "#### 7"], ["7"] * 4)
     comb = CombinedScorer([("flaky", Flaky(), 1.0)], timeout_s=5.0, fallback_reward=-1.0)
-    rewards, info = comb.score(b)
+    rewards, info, _ = comb.score(b)
     assert rewards.tolist() == [1.0, -1.0, 1.0, 1.0]
     assert info["errors/flaky"] == 1 and info["errors/total"] == 1 and info["timeouts/flaky"] == 0
     comb.score(b)
@@ -123,7 +123,7 @@ def test_batch_scorer_exception_and_bad_outputs_fall_back():
         ("nan", Const([1.0, float("nan"), float("inf"), 2.0]), 1.0),
         ("ok", Const([1.0, 1.0, 1.0, 1.0]), 1.0),
     ], timeout_s=2.0, fallback_reward=0.0)
-    rewards, info = comb.score(b)  # must not raise
+    rewards, info, _ = comb.score(b)  # must not raise
     assert rewards.tolist() == [2.0, 1.0, 1.0, 3.0]
     assert (info["errors/raises"], info["errors/shape"], info["errors/nan"], info["errors/ok"]) == (4, 4, 2, 0)
     assert info["errors/total"] == 10
@@ -134,7 +134,7 @@ def test_timeout_batch_scorer_is_bounded():
     comb = CombinedScorer([("slow", Const([1.0] * 4, sleep=3.0), 1.0), ("fast", Const([0.5] * 4), 1.0)],
                           timeout_s=0.2, fallback_reward=-0.25)
     t0 = time.perf_counter()
-    rewards, info = comb.score(b)
+    rewards, info, _ = comb.score(b)
     assert time.perf_counter() - t0 < 1.5
     assert rewards.tolist() == [0.25] * 4
     assert info["timeouts/slow"] == 1 and info["errors/slow"] == 4 and info["timeouts/fast"] == 0
@@ -212,7 +212,7 @@ def test_reward_model_scorer_chunks_and_trims_right_padding():
 def test_reward_model_scorer_empty_row_falls_back():
     b = make_batch(["x"] * 3, [""] * 3, resp_lens=[2, 0, 1], prompt_lens=[4, 0, 4])
     comb = CombinedScorer([("rm", RewardModelScorer(StandInRM(), PAD), 1.0)], fallback_reward=-3.0)
-    rewards, info = comb.score(b)
+    rewards, info, _ = comb.score(b)
     exp = _expected_last_token(b)
     assert rewards.tolist() == [exp[0], -3.0, exp[2]]
     assert info["errors/rm"] == 1
@@ -247,6 +247,10 @@ def test_reward_worker_without_ray():
     assert out is not b and b.rewards is None
     assert out.rewards.dtype == torch.float32 and out.rewards.shape == (4,)
     assert torch.equal(out.rewards, torch.tensor([1.1, 1.05, 0.0, 1.0], dtype=torch.float64).float())
+    # the verifier's own 1/0 per row, apart from the format bonus; kept row for row when cut into parts
+    assert out.correct.tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert out.select([2, 0]).correct.tolist() == [0.0, 1.0]
+    assert RolloutBatch.concat([out.select([2]), out.select([1, 3])]).correct.tolist() == [0.0, 1.0, 1.0]
     info = out.reward_info
     assert info["accuracy"] == 0.75 and info["errors/total"] == 0 and info["rows"] == 4
     assert info["seconds"] >= 0 and info["policy_version"] == 3
