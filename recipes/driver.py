@@ -21,20 +21,27 @@ import ray
 from learner.learner import find_checkpoint
 from learner.group import LearnerFailed
 from recipes.actors import ActorGroups
+from recipes.eval_stats import PASS_AT, outcome_stats
 from contract.batch import EPISODE_COUNTS, RolloutBatch
 
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
-def summarize(batch: RolloutBatch) -> dict[str, float]:
-    """Small stats of a scored batch, computed where the batch lives (not on the driver)."""
+def batch_stats(batch: RolloutBatch) -> dict[str, float]:
+    """Small stats of a scored batch."""
     info = {k: float(v) for k, v in batch.reward_info.items() if isinstance(v, (int, float))}
     info.update(reward_mean=float(batch.rewards.mean()), rows=float(len(batch)),
                 response_length=float(batch.response_mask.sum(1).mean()))
     if batch.multiturn:   # tool-use episodes: how they used the tools
         info.update({k: float(getattr(batch, k).float().mean()) for k in EPISODE_COUNTS})
     return info
+
+
+@ray.remote(num_cpus=0)
+def outcomes(batch: RolloutBatch) -> tuple[dict[str, float], list[int], list[float]]:
+    """(batch_stats(batch), each row's prompt uid, each row's 1/0 from the verifier), computed where the
+    batch lives: what an evaluation needs for slices and pass@k, a few numbers per row."""
+    return batch_stats(batch), batch.group_uid.tolist(), batch.correct.tolist()
 
 
 @ray.remote(num_cpus=0)
@@ -54,8 +61,9 @@ class DriverConfig:
     """Prompts per step, split across rollout workers (each gets group-size samples)."""
     off_policy: bool = False
     """Generate step k+1 while learning step k (one version stale)."""
-    eval_every: int = 0
-    """Evaluate held-out accuracy every this many steps (0: only before and after)."""
+    eval_every: int = 20
+    """Evaluate held-out greedy accuracy (per slice too) every this many steps, for the curve (0: only
+    before and after, which also report the sampled policy and pass@k)."""
     checkpoint_every: int = 0
     """Save a learner checkpoint (with the SPO tracker and the driver's position) every N steps (0: never)."""
 
@@ -123,12 +131,15 @@ class RLDriver:
                  prefix: str = "eval") -> dict[str, float]:
         """Exact-match accuracy on the held-out prompts: greedy (one answer each) and, with
         `samples` > 0, of the policy itself (that many samples each at the rollout temperature,
-        the distribution RL optimises). `prompts` (default: the driver's held-out prompts) with
-        `prefix` naming the keys (<prefix>_accuracy, <prefix>_sampled_accuracy, ...); multi-turn
-        batches add <prefix>_turns, _tool_calls and _tool_errors per episode."""
+        the distribution RL optimises) with pass@4 and pass@8 of those samples. `prompts` (default:
+        the driver's held-out prompts) with `prefix` naming the keys (<prefix>_accuracy,
+        <prefix>_sampled_accuracy, <prefix>_sampled_pass_at_8, ...), each also per slice
+        (<prefix>_accuracy_d3) when the prompts name more than one; multi-turn batches add
+        <prefix>_turns, _tool_calls and _tool_errors per episode."""
         prompts = self.eval_prompts if prompts is None else [dict(p, uid=i) for i, p in enumerate(prompts)]
         if not prompts:
             return {}
+        slices = {p["uid"]: p.get("slice", "") for p in prompts}
         modes = {prefix: {"n": 1, "temperature": 0.0}}
         if samples:
             modes[f"{prefix}_sampled"] = {"n": samples}
@@ -136,13 +147,18 @@ class RLDriver:
         for name, sampling in modes.items():
             if max_new_tokens:
                 sampling["max_new_tokens"] = max_new_tokens
-            refs[name] = [summarize.remote(r) for r in self.launch(prompts, sampling, stream=name)]
+            refs[name] = [outcomes.remote(r) for r in self.launch(prompts, sampling, stream=name)]
         out = {}
-        for name, stats in ((n, ray.get(r)) for n, r in refs.items()):
+        for name, parts in ((n, ray.get(r)) for n, r in refs.items()):
+            stats = [s for s, _, _ in parts]
             rows = sum(s["rows"] for s in stats)
             mean = lambda key: sum(s.get(key, 0.0) * s["rows"] for s in stats) / rows  # noqa: E731
-            out.update({f"{name}_accuracy": mean("accuracy"), f"{name}_reward": mean("reward_mean"),
-                        f"{name}_response_length": mean("response_length")})
+            correct: dict[int, list[float]] = {}
+            for _, uids, right in parts:
+                for u, c in zip(uids, right):
+                    correct.setdefault(u, []).append(c)
+            out.update(outcome_stats(name, correct, slices, PASS_AT))
+            out.update({f"{name}_reward": mean("reward_mean"), f"{name}_response_length": mean("response_length")})
             out.update({f"{name}_{k}": mean(k) for k in EPISODE_COUNTS if all(k in s for s in stats)})
         return out
 

@@ -1,6 +1,7 @@
 """RL prompts: rendered by the tokenizer's chat template, with a stable key and reference answer.
 
-Rows are math records ({"prompt"|"question", "answer"}) or chats ({"conversations"}: the prompt is
+Rows are math records ({"prompt"|"question", "answer"}, optionally "slice": a label such as a
+difficulty, by which evaluations break accuracy down) or chats ({"conversations"}: the prompt is
 everything before the last assistant message, whose content is the answer; MiniMind-3's rlaif.jsonl
 leaves it empty). With a tokenizer, its template renders the prompt (so a MiniMind v2 template adds
 its default system message, exactly as at SFT time) and prompts longer than `max_prompt_tokens` are
@@ -25,10 +26,18 @@ class RLPrompt:
     key: str  # stable id of the prompt text (sha256 prefix): same prompt, same key, any run
     answer: str  # reference answer ("" when the source has none)
     messages: tuple  # the prompt messages before templating
+    slice: str = ""  # the record's optional "slice" (e.g. "d3", a difficulty): evaluations report each
 
 
 def prompt_key(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _slice(row: Any) -> str:
+    value = row.get("slice", "") if isinstance(row, dict) else ""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _Bad(f"field 'slice' must be a string or integer, got {type(value).__name__}")
+    return str(value)
 
 
 def _parse_rl(row: Any) -> tuple[list[Message], str]:
@@ -65,6 +74,7 @@ class RLPromptDataset:
                 if isinstance(row, _Bad):
                     raise row
                 msgs, answer = _parse_rl(row)
+                part = _slice(row)
                 if system_prompt and msgs[0]["role"] != "system":
                     msgs = [{"role": "system", "content": system_prompt}, *msgs]
                 msgs_t, tools = chat_tools(msgs)
@@ -91,7 +101,7 @@ class RLPromptDataset:
                     raise DataError(f"{loc}: {e}") from None
                 report.add(f"{loc}: {e}", str(e))
                 continue
-            self.items.append(RLPrompt(text, prompt_key(text), answer, tuple(msgs)))
+            self.items.append(RLPrompt(text, prompt_key(text), answer, tuple(msgs), part))
         report.n_ok = len(self.items)
         self.report = report
         finish_report(report, report_path)   # no usable prompt at all: DataError, not a run without prompts
@@ -103,5 +113,7 @@ class RLPromptDataset:
         return self.items[i]
 
     def driver_prompts(self) -> list[dict]:
-        """The prompts as the RL driver sends them to rollout workers: {"prompt", "key", "answer"}."""
-        return [{"prompt": p.prompt, "key": p.key, "answer": p.answer} for p in self.items]
+        """The prompts as the RL driver sends them to rollout workers: {"prompt", "key", "answer"}, and
+        "slice" where the record named one."""
+        return [{"prompt": p.prompt, "key": p.key, "answer": p.answer, **({"slice": p.slice} if p.slice else {})}
+                for p in self.items]

@@ -235,7 +235,8 @@ def dpo_records(problems: Iterable[MathProblem], seed: int = 0) -> list[dict]:
 
 
 def rl_records(problems: Iterable[MathProblem]) -> list[dict]:
-    return [{"prompt": p.question, "answer": p.answer} for p in problems]
+    """RL prompt records; "slice" names the difficulty ("d3"), by which evaluations report accuracy."""
+    return [{"prompt": p.question, "answer": p.answer, "slice": f"d{p.difficulty}"} for p in problems]
 
 
 def write_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
