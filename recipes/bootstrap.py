@@ -57,10 +57,22 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: b
                                 steps=cfg.pretrain_steps, seed=seed, progress=progress, data=data,
                                 tokenizer=tokenizer))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
-                      steps=cfg.sft_steps, optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed, eval_n=0,
-                      progress=progress))
+                      difficulties=cfg.sft_difficulties, steps=cfg.sft_steps,
+                      optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed,
+                      eval_every=cfg.sft_eval_every, progress=progress))
     record.write_text(json.dumps(wanted, indent=2))
     return sft_final
+
+
+def sft_curve(run_dir: Path) -> list[dict]:
+    """The bootstrap SFT's held-out evaluations during training (step, eval_accuracy, per level)."""
+    from learner.metrics import read_metrics
+
+    path = run_dir / "bootstrap" / "sft" / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [{k: v for k, v in r.items() if k == "step" or k.startswith("eval_accuracy")}
+            for r in read_metrics(path) if "eval_accuracy" in r]
 
 
 def _corpus_with(root: Path, cfg: BootstrapConfig, seed: int, extra: Sequence[str]) -> tuple[str, str]:

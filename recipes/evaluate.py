@@ -52,6 +52,19 @@ def evaluate_math(model: MiniMindForCausalLM, tok: MiniMindTokenizer, problems: 
             "by_difficulty": {k: float(np.mean(v)) for k, v in sorted(by_level.items())}, "samples": samples}
 
 
+def curve_point(run: "Run", model: MiniMindForCausalLM) -> dict[str, float]:
+    """One point of the held-out curve during training: eval_accuracy and eval_accuracy_d<level> on the
+    run's eval_n TEST problems (the set the end-of-run evaluation answers)."""
+    cfg = run.cfg
+    was_training = model.training
+    model.eval()
+    try:
+        res = evaluate_math(model, run.tokenizer, heldout_problems(cfg.eval_n, cfg.seed), cfg.max_new_tokens)
+    finally:
+        model.train(was_training)
+    return {"eval_accuracy": res["accuracy"], **{f"eval_accuracy_d{d}": v for d, v in res["by_difficulty"].items()}}
+
+
 def report_eval(run: "Run", model: MiniMindForCausalLM, label: str) -> dict | None:
     cfg = run.cfg
     if getattr(cfg, "eval_n", 0) <= 0:

@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -35,8 +35,8 @@ from minimind.model import MiniMindScoreModel
 from minimind.tokenizer import MiniMindTokenizer, check_fits
 
 from recipes.actors import ActorGroups, RewardGroup, RolloutGroup
-from recipes.bootstrap import bootstrap_policy
-from recipes.rl_config import MathRLConfig
+from recipes.bootstrap import bootstrap_policy, sft_curve
+from recipes.rl_config import BootstrapConfig, MathRLConfig
 from recipes.driver import RLDriver, summarize_groups
 from recipes.ray_session import init_ray, placement, print_placement, resolve_device
 from recipes.prometheus import prometheus_binary, ray_targets, start_prometheus
@@ -62,6 +62,8 @@ class Prepared:
     extra_evals: dict[str, list[dict]] = field(default_factory=dict)
     """More held-out sets evaluated before and after (name -> prompts; keys <name>_accuracy, ...),
     e.g. the tool recipe's questions without the tools."""
+    data: dict[str, str] = field(default_factory=dict)
+    """What each stage saw (stage -> one line), for the summary."""
 
 
 def prepare(cfg: MathRLConfig) -> Prepared:
@@ -79,23 +81,52 @@ def prepare(cfg: MathRLConfig) -> Prepared:
     limit = cfg.max_prompt_tokens or model_cfg.max_position_embeddings - cfg.rollout.sampling.max_new_tokens
     read = dict(tokenizer=tok, max_prompt_tokens=limit, truncate_long_prompts=cfg.truncate_long_prompts,
                 report_path=run_dir / "skipped_lines.jsonl")
+    data = {} if cfg.init else bootstrap_data(cfg.bootstrap, run_dir)
     if cfg.dataset:
         train = RLPromptDataset(cfg.dataset, **read).driver_prompts()
+        data["rl"] = f"prompts of {cfg.dataset}"
     else:
-        # problems SFT did not see (their own seed stream; still the train split, so the held-out
-        # test split stays disjoint)
+        # every level, answers only; their own seed stream, still the train split (the held-out TEST
+        # split stays disjoint by construction); written out so a user sees what RL saw
         problems = sm.generate_problems(cfg.n_prompts, derive_seed(cfg.seed, "rl-prompts"), "train")
-        train = RLPromptDataset(sm.rl_records(problems), **read).driver_prompts()
+        records = sm.write_jsonl(sm.rl_records(problems), run_dir / "data" / "rl_prompts.jsonl")
+        train = RLPromptDataset(records, **read).driver_prompts()
+        data["rl"] = (f"{len(problems)} prompts of levels {_levels(p.difficulty for p in problems)} with their "
+                      f"final answers only (no worked solutions), scored by the verifier ({records})")
     if cfg.test_dataset:
         test = RLPromptDataset(cfg.test_dataset, **read).driver_prompts()[: cfg.eval_size]
+        data["held-out"] = f"the first {len(test)} prompts of {cfg.test_dataset}"
     elif cfg.eval_size:
-        test = RLPromptDataset(sm.rl_records(sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test")),
-                               **read).driver_prompts()
+        problems = sm.generate_problems(cfg.eval_size, cfg.seed + 1, "test")
+        records = sm.write_jsonl(sm.rl_records(problems), run_dir / "data" / "heldout.jsonl")
+        test = RLPromptDataset(records, **read).driver_prompts()
+        data["held-out"] = (f"{len(problems)} problems of levels {_levels(p.difficulty for p in problems)} from "
+                            f"the TEST split, which no training stage draws from ({records})")
     else:
         test = []
     if cfg.algo == "spo":
         train = train[: cfg.prompts]
-    return Prepared(init, tok_dir, train, test, model_cfg)
+    return Prepared(init, tok_dir, train, test, model_cfg, data=data)
+
+
+def _levels(levels: Iterable[int]) -> str:
+    return ", ".join(str(d) for d in sorted(set(levels)))
+
+
+def bootstrap_data(cfg: BootstrapConfig, run_dir: Path) -> dict[str, str]:
+    """What the bootstrap's stages saw, one line each (the built-in corpus of recipes.bootstrap), and
+    SFT's last held-out evaluations (is it converged on its own levels?)."""
+    out = {"pretrain": f"{cfg.n_train} problems of levels 1, 2, 3, 4 as plain text (question, worked "
+                       f"solution) and arithmetic tables, train split",
+           "sft": f"{cfg.n_train} chats with worked solutions of levels {_levels(cfg.sft_difficulties)} only, "
+                  f"train split"}
+    curve = sft_curve(run_dir)[-3:]
+    if curve:
+        levels = sorted({k for point in curve for k in point if k.startswith("eval_accuracy_")})
+        out["sft held-out greedy (step: all / " + " / ".join(k[len("eval_accuracy_"):] for k in levels) + ")"] = \
+            ", ".join(f"{p['step']}: " + " / ".join(f"{100 * p.get(k, float('nan')):.1f}" for k in
+                                                    ["eval_accuracy", *levels]) for p in curve)
+    return out
 
 
 def make_learner(cfg: MathRLConfig, init: Path, device: str) -> Learner:
@@ -320,7 +351,8 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
     MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
     plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
-    summary = summarize_run(cfg, before, after, history, first_step, rl_s, time.perf_counter() - t_start)
+    summary = summarize_run(cfg, before, after, history, first_step, rl_s, time.perf_counter() - t_start,
+                            data=prep.data)
     summary["peak_memory_mb"] = memory
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(summary)

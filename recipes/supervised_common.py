@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -75,16 +75,16 @@ class Run:
         return self.corpus[kind]
 
 
-def builtin_corpus(out_dir: Path, n_train: int, seed: int) -> dict[str, Path]:
+def builtin_corpus(out_dir: Path, n_train: int, seed: int, difficulties: Sequence[int]) -> dict[str, Path]:
     """The synthetic math files in `out_dir`, generated once (reused when present and complete)."""
     names = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "rl": "rl_train.jsonl",
              "rl_test": "rl_test.jsonl", "problems_test": "problems_test.jsonl"}
     stamp = out_dir / "corpus.json"
-    want = {"n_train": n_train, "seed": seed}
+    want = {"n_train": n_train, "seed": seed, "difficulties": list(difficulties)}
     if stamp.is_file() and json.loads(stamp.read_text()) == want and all((out_dir / f).is_file()
                                                                           for f in names.values()):
         return {k: out_dir / f for k, f in names.items()}
-    paths = sm.write_corpus(out_dir, n_train=n_train, n_test=200, seed=seed)
+    paths = sm.write_corpus(out_dir, n_train=n_train, n_test=200, seed=seed, difficulties=difficulties)
     stamp.write_text(json.dumps(want))
     return paths
 
@@ -110,7 +110,7 @@ def _tokenizer(cfg: RecipeConfig, run_dir: Path) -> MiniMindTokenizer:
     if init is not None:
         raise FileNotFoundError(f"no tokenizer.json next to {init}: a checkpoint needs the tokenizer it was "
                                 f"trained with; pass --tokenizer <folder with tokenizer.json>")
-    problems = sm.generate_problems(cfg.n_train, cfg.seed, "train")
+    problems = sm.generate_problems(cfg.n_train, cfg.seed, "train", cfg.difficulties)
     tok = train_tokenizer(sm.pretrain_texts(problems), vocab_size=cfg.vocab_size, split_digits=True)
     tok.save(own)
     log.info("trained a %d-token BPE tokenizer -> %s", tok.vocab_size, own)
@@ -129,7 +129,7 @@ def prepare(cfg: RecipeConfig) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    corpus = builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed) if cfg.data is None else {}
+    corpus = builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed, cfg.difficulties) if cfg.data is None else {}
     tok = _tokenizer(cfg, run_dir)
     log.info("run_dir=%s device=%s vocab=%d", run_dir, device, tok.vocab_size)
     return Run(cfg, run_dir, device, tok, corpus)
@@ -163,8 +163,10 @@ def chat_data(run: Run, cls: type, path: str | Path) -> Any:
 
 
 def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Module | None = None,
-        plot_keys: Sequence[str] = ("loss", "lr", "grad_norm")) -> tuple[Learner, dict[str, float]]:
-    """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked)."""
+        plot_keys: Sequence[str] = ("loss", "lr", "grad_norm"),
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> tuple[Learner, dict[str, float]]:
+    """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked); `evaluate`
+    (model -> stats) runs every cfg.eval_every updates and its stats join that step's metrics."""
     cfg = run.cfg
     if cfg.resume:   # before config.json is rewritten: it says what the checkpoint was made with
         check_resume_fits(run.run_dir, model, config_to_dict(cfg))
@@ -175,7 +177,8 @@ def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Modu
     batches = BatchIterator(dataset, cfg.batch_size, seed=cfg.seed)
     t0 = time.perf_counter()
     loop = dict(checkpoint_every=cfg.checkpoint_every or cfg.steps, resume=cfg.resume, progress=cfg.progress,
-                plot_keys=tuple(plot_keys), plot_every=cfg.plot_every)
+                plot_keys=tuple(plot_keys), plot_every=cfg.plot_every,
+                evaluate=evaluate, eval_every=getattr(cfg, "eval_every", 0) if evaluate else 0)
     if cfg.learner.world_size > 1:
         stats = fit_on_ranks(run, learner, batches, loop)
     else:

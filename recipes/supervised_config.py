@@ -26,6 +26,8 @@ class RecipeConfig:
     """Vocabulary of a tokenizer trained here (digits are always split)."""
     n_train: int = 4000
     """Built-in synthetic math: training problems generated when data is none."""
+    difficulties: tuple[int, ...] = (1, 2, 3, 4)
+    """Built-in synthetic math: the difficulty levels (1-4, minimind/data/synthetic_math.py) of those problems."""
     steps: int = 300
     """Optimizer updates (the cosine schedule spans exactly these)."""
     batch_size: int = 32
@@ -66,12 +68,17 @@ class RecipeConfig:
             raise ValueError(f"--plot-every={self.plot_every} must be >= 0")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
+        if not self.difficulties or set(self.difficulties) - {1, 2, 3, 4}:
+            raise ValueError(f"--difficulties {' '.join(map(str, self.difficulties))}: levels are 1, 2, 3 and 4")
 
 
 @dataclass
 class EvalConfig:
     eval_n: int = 200
-    """Held-out TEST-split problems answered greedily at the end (0 skips the evaluation)."""
+    """Held-out TEST-split problems (every difficulty) answered greedily at the end (0 skips the evaluation)."""
+    eval_every: int = 0
+    """Also every this many updates: eval_accuracy and eval_accuracy_d<level> in metrics.jsonl and the
+    curves, to see where training converges (0: only at the end)."""
     max_new_tokens: int = 48
     """Longest generated answer in the evaluation."""
 
