@@ -225,7 +225,7 @@ def _frame(ax, title: str, shown: list[float], x_lim: tuple[float, float]) -> No
     band = LEGEND_PAD + LEGEND_ROW * math.ceil(len(labels) / ncols)
     ax.set_ylim(lo, lo + (hi - lo) / (1 - band))
     ax.set_xlim(*x_lim)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # steps, even on a run of three
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))   # whole steps, round ones
     ax.ticklabel_format(axis="y", useOffset=False)   # an offset ("+6.09") would sit on the title
     ax.legend(fontsize=7, loc="upper left", ncols=ncols, framealpha=0.8, columnspacing=1.0, handlelength=1.5)
     ax.set_title(title, fontsize=10)
