@@ -1,9 +1,8 @@
-"""Training metrics: metrics.jsonl + a tqdm bar + optional Ray gauges + a PNG of the curves.
+"""Training metrics: metrics.jsonl + a tqdm bar + optional Ray gauges (curves.png: learner/curves.py).
 
     with MetricsLogger(run_dir, total_steps=200, desc="grpo", ray_metrics=True) as log:
         for step in range(1, 201):
             log.log(step, reward=r, kl=kl, loss=loss)
-    plot_metrics(run_dir / "metrics.jsonl", run_dir / "curves.png", ["reward", "kl", "loss"])
 
 Each ``log`` call appends one JSON line ``{"step": s, "time": t, **metrics}`` where
 ``time`` is seconds since the logger was created. Tensors / numpy scalars become floats
@@ -14,14 +13,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import re
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-__all__ = ["MetricsLogger", "RayMetrics", "read_metrics", "plot_metrics"]
+__all__ = ["MetricsLogger", "RayMetrics", "read_metrics"]
 
 # metrics shown in the progress-bar postfix, in this order, when present
 _POSTFIX_KEYS = ("loss", "reward", "accuracy", "acc", "kl", "entropy", "lr")
@@ -216,68 +214,3 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{i}: bad metrics line: {e}") from None
         records.append(rec)
     return records
-
-
-def _ema(values: list[float], weight: float) -> list[float]:
-    """TensorBoard-style debiased exponential moving average."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values, start=1):
-        acc = weight * acc + (1 - weight) * v
-        out.append(acc / (1 - weight ** i))
-    return out
-
-
-def plot_metrics(path_jsonl: str | Path, out_png: str | Path, keys: Iterable[str] | None = None,
-                 title: str = "", smoothing: float = 0.0, ncols: int = 3) -> Path:
-    """Plot ``keys`` against step from a metrics.jsonl into a PNG; returns its path.
-
-    One subplot per key that has at least one numeric value (absent keys are skipped;
-    ``keys=None`` plots every numeric metric). ``smoothing`` in [0, 1) is the EMA weight:
-    > 0 draws the smoothed curve over a faint raw one. The figure is ``4*cols`` by
-    ``3*rows`` inches at 100 dpi (e.g. two panels -> 800x300 pixels).
-    Uses matplotlib's Agg canvas directly: no display, no pyplot global state.
-    """
-    from matplotlib.figure import Figure
-
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    records = read_metrics(path_jsonl)
-    if keys is None:
-        keys = [k for r in records for k, v in r.items() if k not in ("step", "time") and _is_number(v)]
-        keys = list(dict.fromkeys(keys))
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for key in keys:
-        pts = [(r["step"], r[key]) for r in records if _is_number(r.get(key)) and "step" in r]
-        if pts:
-            series[key] = ([p[0] for p in pts], [float(p[1]) for p in pts])
-
-    n = max(len(series), 1)
-    cols = min(ncols, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(4 * cols, 3 * rows), dpi=100)
-    if not series:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.text(0.5, 0.5, "no data for " + ", ".join(keys), ha="center", va="center")
-        ax.set_axis_off()
-    for i, (key, (xs, ys)) in enumerate(series.items()):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        if smoothing > 0 and len(ys) > 1:
-            ax.plot(xs, ys, color="C0", alpha=0.3, linewidth=1, label="raw")
-            ax.plot(xs, _ema(ys, smoothing), color="C0", linewidth=1.8, label=f"ema {smoothing:g}")
-            ax.legend(fontsize=7, loc="best")
-        else:
-            ax.plot(xs, ys, color="C0", linewidth=1.5, marker="." if len(xs) < 30 else None)
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    # written beside, then renamed: a viewer reloading the file during a run never sees half a PNG
-    tmp = out_png.with_name(out_png.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, out_png)
-    return out_png

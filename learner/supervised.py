@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .learner import Learner, find_checkpoint
-from .metrics import MetricsLogger, plot_metrics
+from .curves import Layout, plot_curves
+from .metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
     logger = MetricsLogger(run_dir, total_steps=steps, desc=learner.stage.name, enable_progress=progress) if lead else None
     if resume and lead:
         logger.drop_after(learner.step)
+    layout = Layout.of_keys(plot_keys)
     stats: dict[str, float] = {}
     try:
         while learner.step < steps:
@@ -50,7 +52,7 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
             if lead:
                 logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
                 if plot_every and learner.step % plot_every == 0:
-                    plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
+                    plot_curves(logger.path, run_dir / "curves.png", layout, title=learner.stage.name)
             if on_step is not None:
                 on_step(learner.step, stats)
             if checkpoint_every and (learner.step % checkpoint_every == 0 or learner.step == steps):
@@ -59,5 +61,5 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
         if lead:
             logger.close()
     if lead and logger.path.exists():
-        plot_metrics(logger.path, run_dir / "curves.png", keys=list(plot_keys), title=learner.stage.name)
+        plot_curves(logger.path, run_dir / "curves.png", layout, title=learner.stage.name)
     return stats

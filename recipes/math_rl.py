@@ -26,7 +26,8 @@ from learner.group import LearnerFailed, LearnerGroup, actor_death
 from recipes.inputs import check_checkpoint_path, check_data_path, check_device
 from learner.learner import Learner, find_checkpoint
 from recipes.run_folder import check_run_folder, resume_hint, start_fresh
-from learner.metrics import MetricsLogger, plot_metrics
+from learner.curves import plot_curves
+from learner.metrics import MetricsLogger
 from minimind.checkpoint import PthOptions, check_checkpoint, load_model, save_model
 from minimind.config import MiniMindConfig
 from minimind.data import synthetic_math as sm
@@ -42,14 +43,12 @@ from recipes.ray_session import init_ray, placement, print_placement, resolve_de
 from recipes.prometheus import prometheus_binary, ray_targets, start_prometheus
 from recipes.recording import check_record_dir, recorder, start_recording
 from recipes.report import actors_peak_memory, print_summary, summarize_run
+from recipes.rl_curves import RL_CURVES
 from recipes.samplers import ShuffleSampler, WeightedSampler
 from recipes.seeds import derive_seed
 from recipes.watch import CollapseWatcher
 
 log = logging.getLogger(__name__)
-
-PLOT_KEYS = ["reward_mean", "accuracy", "eval_accuracy", "eval_sampled_accuracy", "kl", "entropy", "response_length",
-             "clip_frac", "tokens_per_second", "step_seconds"]
 
 
 @dataclass
@@ -284,7 +283,7 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
         for message in watcher.update(step, stats):
             logger.warn(message)
         if cfg.plot_every and step % cfg.plot_every == 0:
-            plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
+            plot_curves(logger.path, run_dir / "curves.png", RL_CURVES, title=f"{cfg.algo} on math")
         if served is not None and driver.version % cfg.serve_every == 0:
             served.load_weights(driver.weights_ref, driver.version, wait=False)
 
@@ -350,7 +349,7 @@ def run_math_rl(cfg: MathRLConfig, prepare_fn: Callable[[Any], Prepared] = prepa
     policy.load_state_dict(state)
     final = save_model(policy, run_dir / "final", extra_meta={"algo": cfg.algo})
     MiniMindTokenizer.load(prep.tokenizer_dir).save(final)
-    plot_metrics(logger.path, run_dir / "curves.png", keys=PLOT_KEYS, title=f"{cfg.algo} on math")
+    plot_curves(logger.path, run_dir / "curves.png", RL_CURVES, title=f"{cfg.algo} on math")
     summary = summarize_run(cfg, before, after, history, first_step, rl_s, time.perf_counter() - t_start,
                             data=prep.data)
     summary["peak_memory_mb"] = memory

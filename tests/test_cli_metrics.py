@@ -1,16 +1,15 @@
-"""recipes.cli (dataclass -> argparse) and learner.metrics (jsonl, plots, Ray gauges)."""
+"""recipes.cli (dataclass -> argparse) and learner.metrics (jsonl, Ray gauges); plots: test_curves.py."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
 import torch
 
 from recipes.cli import build_parser, config_to_dict, parse_config
-from learner.metrics import MetricsLogger, RayMetrics, plot_metrics, read_metrics
+from learner.metrics import MetricsLogger, RayMetrics, read_metrics
 
 
 @dataclass
@@ -336,40 +335,6 @@ def test_read_metrics_bad_line_and_truncated_tail(tmp_path):
     p.write_text('{"step": 1, "loss": 1}\n{"step": 2, "lo')
     with pytest.warns(UserWarning, match="truncated"):
         assert read_metrics(p) == [{"step": 1, "loss": 1}]
-
-
-def _write_curve(path: Path, n: int = 40):
-    with MetricsLogger(path.parent, enable_progress=False) as log:
-        for s in range(1, n + 1):
-            log.log(s, loss=1.0 / s + (0.1 if s % 2 else -0.1),
-                    reward=float("nan") if s == 5 else s / n)
-
-
-def test_plot_writes_png_for_present_keys_only(tmp_path):
-    import matplotlib.image as mpimg
-
-    jsonl = tmp_path / "run" / "metrics.jsonl"
-    _write_curve(jsonl)
-    out = plot_metrics(jsonl, tmp_path / "plots" / "curves.png",
-                       keys=["loss", "reward", "not_logged"], title="test run", smoothing=0.6)
-    assert out == tmp_path / "plots" / "curves.png"
-    assert out.stat().st_size > 1000
-    img = mpimg.imread(out)
-    assert img.shape[:2] == (300, 800)  # 2 present keys -> 1x2 grid of 4x3 in at 100 dpi
-    assert img.std() > 0  # something was drawn
-
-    out1 = plot_metrics(jsonl, tmp_path / "one.png", keys=["reward"])
-    assert mpimg.imread(out1).shape[:2] == (300, 400)
-    out4 = plot_metrics(jsonl, tmp_path / "four.png", keys=["loss", "reward", "time", "step"],
-                        ncols=2)
-    assert mpimg.imread(out4).shape[:2] == (600, 800)
-
-
-def test_plot_with_no_matching_keys_still_writes(tmp_path):
-    jsonl = tmp_path / "metrics.jsonl"
-    _write_curve(jsonl, n=3)
-    out = plot_metrics(jsonl, tmp_path / "empty.png", keys=["missing"])
-    assert out.exists() and out.stat().st_size > 0
 
 
 def test_ray_metrics_without_ray_is_noop(tmp_path, monkeypatch):
