@@ -32,7 +32,7 @@ class OptimConfig:
     """torch.compile every decoder block of the learner's models (dynamic shapes). Off by default: on
     2 CPU cores the first step compiles for 1.5-2.5 min and later steps gain at most ~1.2x (RL demo
     learner) or nothing (minimind2-small pretraining), which the recipes' run lengths never pay back
-    (bench/README.md, "Learner speed")."""
+    (docs/performance_notes.md, "torch.compile")."""
 
     def __post_init__(self) -> None:
         checks = {

@@ -11,6 +11,16 @@ from learner.config import OptimConfig
 from learner.distributed import LearnerGroupConfig
 
 
+MICRO_BATCH_ROWS = 8
+"""Rows per forward/backward in every supervised recipe (the same gradient as the whole batch): the learner
+holds one micro-batch of activations at a time. SFT at 32 x 256 tokens: demo 1,108 -> 605 MB peak,
+minimind2-small 4.6 -> 2.1 GB, step time unchanged on 2 CPU cores."""
+
+
+def _optim(lr: float, warmup_steps: int) -> OptimConfig:
+    return OptimConfig(lr=lr, warmup_steps=warmup_steps, micro_batch_size=MICRO_BATCH_ROWS)
+
+
 @dataclass
 class RecipeConfig:
     """Settings every supervised recipe shares."""
@@ -38,7 +48,7 @@ class RecipeConfig:
     """Also label the newline after each assistant <|im_end|> (MiniMind's own SFT/DPO labelling); none:
     on when --init is a MiniMind .pth, off otherwise."""
     pth: PthOptions = field(default_factory=PthOptions)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(1e-3, 20))
     """AdamW, schedule (the cosine spans `steps` unless optim.total_steps is set), clipping,
     micro-batching, the non-finite guard."""
     checkpoint_every: int = 100
@@ -87,7 +97,7 @@ class EvalConfig:
 class PretrainConfig(RecipeConfig):
     """Pretrain a MiniMind model from scratch (next-token prediction on packed text)."""
     run_dir: str = "runs/pretrain"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(2e-3, 20))
     steps: int = 300
     batch_size: int = 16
     seq_len: int = 128
@@ -102,7 +112,7 @@ class PretrainConfig(RecipeConfig):
 class SFTConfig(RecipeConfig, EvalConfig):
     """Supervised fine-tuning on chats (loss on assistant tokens only)."""
     run_dir: str = "runs/sft"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(2e-3, 20))
     init: str = "runs/pretrain/final"
     """Starting model: a save_model folder (e.g. the pretrain output) or a MiniMind .pth."""
     # measured on the demo preset: 200 steps at 1e-3 -> 3.5% held-out, 1200 at 2e-3 -> 20-65%:
@@ -115,7 +125,7 @@ class SFTConfig(RecipeConfig, EvalConfig):
 class LoRARecipeConfig(RecipeConfig, EvalConfig):
     """LoRA fine-tuning: only low-rank adapters train; saves the adapters and the merged model."""
     run_dir: str = "runs/lora"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(2e-3, 20))
     init: str = "runs/sft/final"
     """Base model (a save_model folder or a MiniMind .pth)."""
     steps: int = 200
@@ -133,7 +143,7 @@ class LoRARecipeConfig(RecipeConfig, EvalConfig):
 class DPOConfig(RecipeConfig, EvalConfig):
     """Direct Preference Optimization against a frozen copy of the starting model."""
     run_dir: str = "runs/dpo"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=10))
+    optim: OptimConfig = field(default_factory=lambda: _optim(5e-5, 10))
     init: str = "runs/sft/final"
     """Policy and reference model (a save_model folder or a MiniMind .pth)."""
     steps: int = 100
@@ -148,7 +158,7 @@ class DPOConfig(RecipeConfig, EvalConfig):
 class DistillConfig(RecipeConfig, EvalConfig):
     """Distil a teacher into a smaller student on the SFT chats."""
     run_dir: str = "runs/distill"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(2e-3, 20))
     teacher: str = "runs/sft/final"
     """Teacher model (a save_model folder or a MiniMind .pth)."""
     preset: str = "tiny"
@@ -165,7 +175,7 @@ class DistillConfig(RecipeConfig, EvalConfig):
 class RewardModelConfig(RecipeConfig):
     """Bradley-Terry reward model: a score model initialised from the SFT trunk, trained on preference pairs."""
     run_dir: str = "runs/reward_model"
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, warmup_steps=20))
+    optim: OptimConfig = field(default_factory=lambda: _optim(3e-4, 20))
     init: str = "runs/sft/final"
     """Trunk to start from (a save_model folder or a MiniMind .pth)."""
     steps: int = 150

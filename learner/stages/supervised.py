@@ -111,8 +111,9 @@ class DPOStage(StageBase):
         batch, rows = self._local(learner, batch)
         batch = self._to(batch, learner.device)
         if len(batch["chosen_ids"]):
-            with torch.no_grad(), learner.autocast():
-                batch["ref_chosen"], batch["ref_rejected"] = self._both(learner.ref_model, batch)
+            with torch.no_grad(), learner.autocast():   # micro-batch by micro-batch: one's activations at a time
+                parts = [self._both(learner.ref_model, m) for m in split_rows(batch, learner.optim_cfg.micro_batch_size)]
+            batch["ref_chosen"], batch["ref_rejected"] = (torch.cat(x) for x in zip(*parts))
         return StepPlan([self._micro(learner, batch, rows=rows)])
 
     def loss(self, learner: Learner, m: dict):
