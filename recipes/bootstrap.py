@@ -34,6 +34,7 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: b
     wanted = {**asdict(cfg), "seed": seed}
     if extra_texts:
         wanted["extra_texts"] = hashlib.sha256("\x00".join(extra_texts).encode()).hexdigest()[:16]
+    wanted = json.loads(json.dumps(wanted))   # as the record reads back (tuples are lists)
     if (sft_final / "model.safetensors").is_file():
         made = json.loads(record.read_text()) if record.is_file() else None
         if made != wanted:

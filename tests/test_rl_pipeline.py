@@ -113,7 +113,10 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
         out = real_get(refs, *args, **kwargs)
         for v in (out if isinstance(out, list) else [out]):
             assert not isinstance(v, RolloutBatch), "the driver materialised a RolloutBatch"
-            got.append(type(v).__name__)
+            for part in (v if isinstance(v, tuple) else (v,)):   # an evaluation's (stats, uids, 1/0 per row)
+                got.append(type(part).__name__)
+                if isinstance(part, list):
+                    assert all(isinstance(x, (int, float)) for x in part), part[:5]
         return out
 
     monkeypatch.setattr(driver_mod.ray, "get", recording_get)
@@ -122,7 +125,7 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     ev = drv.evaluate()
     monkeypatch.undo()
 
-    assert got and set(got) <= {"dict", "int", "float"}, got
+    assert got and set(got) <= {"dict", "int", "float", "list"}, got
     assert len(history) == 3
     for i, s in enumerate(history):
         _finite(s)
@@ -133,9 +136,12 @@ def test_grpo_steps_move_only_stats_to_the_driver(actors, monkeypatch):
     assert ray.get(actors.learner.version.remote()) == v0 + 6
     w1 = weights(actors)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)
-    assert set(ev) == {"eval_accuracy", "eval_reward", "eval_response_length"} and ev["eval_response_length"] > 0
+    levels = {f"eval_accuracy_d{d}" for d in (1, 2, 3, 4)}     # the built-in prompts name their difficulty
+    assert set(ev) == {"eval_accuracy", "eval_reward", "eval_response_length"} | levels
+    assert ev["eval_response_length"] > 0
     ev = drv.evaluate(samples=2)
     assert {"eval_accuracy", "eval_sampled_accuracy", "eval_sampled_response_length"} <= set(ev)
+    assert "eval_sampled_pass_at_4" not in ev     # two samples: pass@k only where k samples exist
 
 
 def test_off_policy_runs_and_reports_staleness(actors):
