@@ -48,12 +48,19 @@ def unsupported(cfg: MiniMindConfig, device_type: str) -> str | None:
     return None
 
 
+def vllm_env(device: str) -> dict[str, str]:
+    """Environment vLLM needs on these machines (no internet, no usage reports), for this engine
+    and for a `vllm serve` process (bench/serve.py)."""
+    env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    if device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = "1"      # GiB of KV cache on CPU
+    return env
+
+
 def _env_defaults(device: str) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # engine core in this process
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
-    if device == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")      # GiB of KV cache on CPU
+    for k, v in vllm_env(device).items():
+        os.environ.setdefault(k, v)
 
 
 class VLLMEngine:
