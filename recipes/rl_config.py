@@ -33,9 +33,9 @@ class BootstrapConfig:
     """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change)."""
     sft_lr: float = 2e-3
     """SFT peak learning rate."""
-    sft_difficulties: tuple[int, ...] = (1, 2)
+    sft_difficulties: tuple[int, ...] = (1, 2, 3, 4)
     """Difficulty levels SFT demonstrates worked solutions of (pretraining reads every level as plain
-    text; RL prompts and the held-out set span every level, so levels 3-4 are what RL learns from the
+    text; RL prompts and the held-out set span every level, whatever SFT left out is learnt from the
     verifier alone)."""
     sft_eval_every: int = 250
     """SFT's held-out curve (every level) every this many updates, in bootstrap/sft/metrics.jsonl."""

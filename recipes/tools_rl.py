@@ -64,7 +64,7 @@ class ToolsGRPOConfig(GRPOMathConfig):
     run_dir: str = "runs/grpo_tools"
     # the tool path needs the answer format, not the bootstrap's own arithmetic (hard problems are
     # beyond it either way): a shorter SFT than grpo_math's keeps the whole run near 13 min on 2 cores
-    bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(sft_steps=500, sft_difficulties=(1, 2, 3, 4)))
+    bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(sft_steps=500))
     n_prompts: int = 2000
     eval_size: int = 200
     eval_samples: int = 0

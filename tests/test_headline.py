@@ -1,5 +1,5 @@
 """The headline run, `python experiments/grpo_math.py`, with tiny settings: what a user reads after it.
-SFT demonstrates some difficulty levels, RL prompts and the held-out set span all of them; the run
+SFT demonstrates some difficulty levels (here 1-2), RL prompts and the held-out set span all; the run
 keeps a held-out curve (overall and per level) while it trains, says what each stage saw, reports
 pass@k, and the held-out problems are disjoint from everything any stage trained on."""
 from __future__ import annotations
@@ -18,7 +18,8 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     run = tmp_path / "headline"
     out = run_grpo_math(run, address, "--driver.steps=4", "--driver.eval-every=2", "--eval-size=40",
-                        "--eval-samples=8", "--bootstrap.sft-steps=4", "--bootstrap.sft-eval-every=2")
+                        "--eval-samples=8", "--bootstrap.sft-steps=4", "--bootstrap.sft-eval-every=2",
+                        "--bootstrap.sft-difficulties=1,2")
 
     # the held-out curve: before (step 0), every 2 steps, after (the last step), overall and per level
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
