@@ -117,8 +117,9 @@ def bootstrap_data(cfg: BootstrapConfig, run_dir: Path) -> dict[str, str]:
     SFT's last held-out evaluations (is it converged on its own levels?)."""
     out = {"pretrain": f"{cfg.n_train} problems of levels 1, 2, 3, 4 as plain text (question, worked "
                        f"solution) and arithmetic tables, train split",
-           "sft": f"{cfg.n_train} chats with worked solutions of levels {_levels(cfg.sft_difficulties)}"
-                  f"{'' if set(cfg.sft_difficulties) == set(sm.GENERATORS) else ' only'}, train split"}
+           "sft": f"chats with worked solutions of levels {_levels(cfg.sft_difficulties)}"
+                  f"{'' if set(cfg.sft_difficulties) == set(sm.GENERATORS) else ' only'} (those of the same "
+                  f"{cfg.n_train} problems), train split"}
     curve = sft_curve(run_dir)[-3:]
     if curve:
         levels = sorted({k for point in curve for k in point if k.startswith("eval_accuracy_")})

@@ -37,7 +37,8 @@ class RecipeConfig:
     n_train: int = 4000
     """Built-in synthetic math: training problems generated when data is none."""
     difficulties: tuple[int, ...] = (1, 2, 3, 4)
-    """Built-in synthetic math: the difficulty levels (1-4, minimind/data/synthetic_math.py) of those problems."""
+    """Built-in synthetic math: keep these difficulty levels (1-4, minimind/data/synthetic_math.py) of those
+    problems (the same problems whatever the levels: fewer levels train on a subset)."""
     steps: int = 300
     """Optimizer updates (the cosine schedule spans exactly these)."""
     batch_size: int = 32

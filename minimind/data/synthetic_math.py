@@ -250,10 +250,13 @@ def write_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
 
 def write_corpus(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
                  difficulties: Sequence[int] = (1, 2, 3, 4)) -> dict[str, Path]:
-    """Write every stage's file for one seed: pretrain/sft/dpo/rl (train) + rl_test."""
+    """Write every stage's file for one seed: pretrain/sft/dpo/rl (train) + rl_test. `difficulties` keeps
+    those levels of the seed's `n_train` problems (of every level): a corpus of fewer levels is a subset
+    of the full one, so a stage on levels 1-2 trains on problems a stage on every level also saw."""
     out = Path(out_dir)
-    train = generate_problems(n_train, seed, "train", difficulties)
-    test = generate_problems(n_test, seed, "test", difficulties)
+    keep = lambda ps: [p for p in ps if p.difficulty in set(difficulties)]  # noqa: E731
+    train = keep(generate_problems(n_train, seed, "train"))
+    test = keep(generate_problems(n_test, seed, "test"))
     return {
         "pretrain": write_jsonl(({"text": t} for t in pretrain_texts(train)), out / "pretrain.jsonl"),
         "sft": write_jsonl(sft_records(train), out / "sft.jsonl"),
