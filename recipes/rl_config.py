@@ -284,7 +284,7 @@ class PPOMathConfig(MathRLConfig):
     # are not needed); a step costs more (critic), so 60 steps keep the wall time near GRPO's
     run_dir: str = "runs/ppo_math"
     rollout: RolloutConfig = field(default_factory=lambda: _math_rollout(4))
-    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=64))
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=64, eval_every=10))
     update: RLUpdateConfig = field(default_factory=lambda: RLUpdateConfig(minibatches=4))
     ppo: PPOLoss = field(default_factory=PPOLoss)
 
@@ -299,7 +299,7 @@ class SPOMathConfig(MathRLConfig):
     algo: ClassVar[str] = "spo"
     run_dir: str = "runs/spo_math"
     rollout: RolloutConfig = field(default_factory=lambda: _math_rollout(1))
-    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256))
+    driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=60, prompts_per_step=256, eval_every=10))
     loss_sections: ClassVar[dict[str, Callable[[], Any]]] = {"spo": SPOLoss, "cispo": CISPOLoss, "gspo": GSPOLoss}
     loss: Literal["spo", "cispo", "gspo"] = "spo"
     """Policy objective on SPO's tracker advantages: spo (the clipped ratio), cispo (clipped IS weight,
