@@ -115,7 +115,7 @@ def _levels(levels: Iterable[int]) -> str:
 def bootstrap_data(cfg: BootstrapConfig, run_dir: Path) -> dict[str, str]:
     """What the bootstrap's stages saw, one line each (the built-in corpus of recipes.bootstrap), and
     SFT's last held-out evaluations (is it converged on its own levels?)."""
-    out = {"pretrain": f"{cfg.n_train} problems of levels 1, 2, 3, 4 as plain text (question, worked "
+    out = {"pretrain": f"{cfg.n_train} problems of levels {_levels(sm.GENERATORS)} as plain text (question, worked "
                        f"solution) and arithmetic tables, train split",
            "sft": f"chats with worked solutions of levels {_levels(cfg.sft_difficulties)}"
                   f"{'' if set(cfg.sft_difficulties) == set(sm.GENERATORS) else ' only'} (those of the same "

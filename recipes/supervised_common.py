@@ -110,7 +110,7 @@ def _tokenizer(cfg: RecipeConfig, run_dir: Path) -> MiniMindTokenizer:
     if init is not None:
         raise FileNotFoundError(f"no tokenizer.json next to {init}: a checkpoint needs the tokenizer it was "
                                 f"trained with; pass --tokenizer <folder with tokenizer.json>")
-    problems = [p for p in sm.generate_problems(cfg.n_train, cfg.seed, "train") if p.difficulty in cfg.difficulties]
+    problems = sm.corpus_problems(cfg.n_train, cfg.seed, "train", cfg.difficulties)
     tok = train_tokenizer(sm.pretrain_texts(problems), vocab_size=cfg.vocab_size, split_digits=True)
     tok.save(own)
     log.info("trained a %d-token BPE tokenizer -> %s", tok.vocab_size, own)

@@ -248,15 +248,21 @@ def write_jsonl(records: Iterable[Mapping], path: str | Path) -> Path:
     return path
 
 
+def corpus_problems(n: int, seed: int, split: str, difficulties: Sequence[int]) -> list[MathProblem]:
+    """The problems of `difficulties` among the seed's `n` problems of every level: fewer levels give a
+    subset of the same problems (what the built-in corpus and its tokenizer are made of)."""
+    keep = set(difficulties)
+    return [p for p in generate_problems(n, seed, split) if p.difficulty in keep]
+
+
 def write_corpus(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
                  difficulties: Sequence[int] = (1, 2, 3, 4)) -> dict[str, Path]:
     """Write every stage's file for one seed: pretrain/sft/dpo/rl (train) + rl_test. `difficulties` keeps
     those levels of the seed's `n_train` problems (of every level): a corpus of fewer levels is a subset
     of the full one, so a stage on levels 1-2 trains on problems a stage on every level also saw."""
     out = Path(out_dir)
-    keep = lambda ps: [p for p in ps if p.difficulty in set(difficulties)]  # noqa: E731
-    train = keep(generate_problems(n_train, seed, "train"))
-    test = keep(generate_problems(n_test, seed, "test"))
+    train = corpus_problems(n_train, seed, "train", difficulties)
+    test = corpus_problems(n_test, seed, "test", difficulties)
     return {
         "pretrain": write_jsonl(({"text": t} for t in pretrain_texts(train)), out / "pretrain.jsonl"),
         "sft": write_jsonl(sft_records(train), out / "sft.jsonl"),
