@@ -77,6 +77,16 @@ def _cfg(updates: int, lr: float = 1e-3, **losses) -> LabConfig:
                                        micro_batch_size=5))
 
 
+def _trial_and_step(name: str, cfg: LabConfig, start, ref_log_sm):
+    """Loss `name` run by the lab, and the same loss through the learner's own training step from the
+    same weights -> (the lab's trial, that learner, its step's stats)."""
+    stage = lab_stage(name, cfg, start)
+    trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm)
+    stage = lab_stage(name, cfg, start)
+    learner = lab_learner(stage, cfg, start)
+    return trial, learner, learner.train_step(start.batch)
+
+
 def test_every_loss_gradient_is_the_learners_and_a_loss_has_cosine_one_with_itself(tiny):
     start = _start(tiny)
     assert float(start.batch.rewards.std()) > 0 and len(set(start.batch.rewards.tolist())) == len(start.batch)
@@ -84,12 +94,7 @@ def test_every_loss_gradient_is_the_learners_and_a_loss_has_cosine_one_with_itse
     ref_log_sm = batch_log_softmax(start.reference, start.batch)
     grads = {}
     for name in ALL_LOSSES:
-        stage = lab_stage(name, cfg, start)
-        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm)
-        # the same loss through the learner's own training step, from the same weights
-        stage = lab_stage(name, cfg, start)
-        learner = lab_learner(stage, cfg, start)
-        stats = learner.train_step(start.batch)
+        trial, learner, stats = _trial_and_step(name, cfg, start, ref_log_sm)
         theirs = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
         assert trial.grad.norm() > 0, name
         torch.testing.assert_close(trial.grad, theirs, rtol=1e-6, atol=1e-9, msg=name)
@@ -116,10 +121,7 @@ def test_clip_shares_are_the_loss_modules_own(tiny):
     ref_log_sm = batch_log_softmax(start.reference, start.batch)
     clipped = {}
     for name in ALL_LOSSES:
-        stage = lab_stage(name, cfg, start)
-        trial = run_trial(name, stage, lab_learner(stage, cfg, start), start.batch, ref_log_sm)
-        stage = lab_stage(name, cfg, start)
-        stats = lab_learner(stage, cfg, start).train_step(start.batch)
+        trial, _, stats = _trial_and_step(name, cfg, start, ref_log_sm)
         mean = {s: sum(u[f"clip_{s}"] for u in trial.updates) / 2 for s in ("low", "high", "dual")}
         assert mean["low"] + mean["high"] == pytest.approx(stats["clip_frac"], abs=1e-6), name
         assert mean["dual"] == pytest.approx(stats.get("dual_clip_frac", 0.0), abs=1e-6), name
