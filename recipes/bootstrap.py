@@ -58,7 +58,8 @@ def bootstrap_policy(run_dir: Path, cfg: BootstrapConfig, seed: int, progress: b
                                 steps=cfg.pretrain_steps, seed=seed, progress=progress, data=data,
                                 tokenizer=tokenizer))
     run_sft(SFTConfig(run_dir=str(root / "sft"), init=str(root / "pretrain" / "final"), n_train=cfg.n_train,
-                      difficulties=cfg.sft_difficulties, steps=cfg.sft_steps,
+                      difficulties=cfg.sft_difficulties, worked_fraction=cfg.sft_worked_fraction,
+                      steps=cfg.sft_steps,
                       optim=replace(SFTConfig().optim, lr=cfg.sft_lr), seed=seed,
                       eval_every=cfg.sft_eval_every, progress=progress))
     record.write_text(json.dumps(wanted, indent=2))

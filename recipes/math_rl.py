@@ -112,14 +112,21 @@ def _levels(levels: Iterable[int]) -> str:
     return ", ".join(str(d) for d in sorted(set(levels)))
 
 
+def _shown_work(fraction: float) -> str:
+    if fraction == 1:
+        return "every answer with its worked solution"
+    return (f"{100 * fraction:.0f}% of the answers with their worked solution, the rest the final answer alone "
+            f"(\"#### N\")")
+
+
 def bootstrap_data(cfg: BootstrapConfig, run_dir: Path) -> dict[str, str]:
     """What the bootstrap's stages saw, one line each (the built-in corpus of recipes.bootstrap), and
     SFT's last held-out evaluations (is it converged on its own levels?)."""
     out = {"pretrain": f"{cfg.n_train} problems of levels {_levels(sm.GENERATORS)} as plain text (question, worked "
                        f"solution) and arithmetic tables, train split",
-           "sft": f"chats with worked solutions of levels {_levels(cfg.sft_difficulties)}"
+           "sft": f"chats of levels {_levels(cfg.sft_difficulties)}"
                   f"{'' if set(cfg.sft_difficulties) == set(sm.GENERATORS) else ' only'} (those of the same "
-                  f"{cfg.n_train} problems), train split"}
+                  f"{cfg.n_train} problems), train split, {_shown_work(cfg.sft_worked_fraction)}"}
     curve = sft_curve(run_dir)[-3:]
     if curve:
         levels = sorted({k for point in curve for k in point if k.startswith("eval_accuracy_")})

@@ -37,6 +37,9 @@ class BootstrapConfig:
     """Difficulty levels SFT demonstrates worked solutions of (pretraining reads every level as plain
     text; RL prompts and the held-out set span every level, whatever SFT left out is learnt from the
     verifier alone)."""
+    sft_worked_fraction: float = 1.0
+    """Share of the SFT chats that show the worked steps; the others answer "#### N" alone (pretraining
+    text always shows them)."""
     sft_eval_every: int = 250
     """SFT's held-out curve (every level) every this many updates, in bootstrap/sft/metrics.jsonl."""
 

@@ -75,16 +75,18 @@ class Run:
         return self.corpus[kind]
 
 
-def builtin_corpus(out_dir: Path, n_train: int, seed: int, difficulties: Sequence[int]) -> dict[str, Path]:
+def builtin_corpus(out_dir: Path, n_train: int, seed: int, difficulties: Sequence[int],
+                   worked_fraction: float) -> dict[str, Path]:
     """The synthetic math files in `out_dir`, generated once (reused when present and complete)."""
     names = {"pretrain": "pretrain.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl", "rl": "rl_train.jsonl",
              "rl_test": "rl_test.jsonl", "problems_test": "problems_test.jsonl"}
     stamp = out_dir / "corpus.json"
-    want = {"n_train": n_train, "seed": seed, "difficulties": list(difficulties)}
+    want = {"n_train": n_train, "seed": seed, "difficulties": list(difficulties), "worked_fraction": worked_fraction}
     if stamp.is_file() and json.loads(stamp.read_text()) == want and all((out_dir / f).is_file()
                                                                           for f in names.values()):
         return {k: out_dir / f for k, f in names.items()}
-    paths = sm.write_corpus(out_dir, n_train=n_train, n_test=200, seed=seed, difficulties=difficulties)
+    paths = sm.write_corpus(out_dir, n_train=n_train, n_test=200, seed=seed, difficulties=difficulties,
+                            worked_fraction=worked_fraction)
     stamp.write_text(json.dumps(want))
     return paths
 
@@ -129,7 +131,8 @@ def prepare(cfg: RecipeConfig) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    corpus = builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed, cfg.difficulties) if cfg.data is None else {}
+    corpus = ({} if cfg.data is not None else
+              builtin_corpus(run_dir / "data", cfg.n_train, cfg.seed, cfg.difficulties, cfg.worked_fraction))
     tok = _tokenizer(cfg, run_dir)
     log.info("run_dir=%s device=%s vocab=%d", run_dir, device, tok.vocab_size)
     return Run(cfg, run_dir, device, tok, corpus)

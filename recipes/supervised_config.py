@@ -39,6 +39,9 @@ class RecipeConfig:
     difficulties: tuple[int, ...] = (1, 2, 3, 4)
     """Built-in synthetic math: keep these difficulty levels (1-4, minimind/data/synthetic_math.py) of those
     problems (the same problems whatever the levels: fewer levels train on a subset)."""
+    worked_fraction: float = 1.0
+    """Built-in synthetic math: share of the SFT chats whose answer shows the worked steps; the others
+    answer "#### N" alone (pretraining and DPO text always show the steps)."""
     steps: int = 300
     """Optimizer updates (the cosine schedule spans exactly these)."""
     batch_size: int = 32
@@ -81,6 +84,8 @@ class RecipeConfig:
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be >= 0")
         if not self.difficulties or set(self.difficulties) - {1, 2, 3, 4}:
             raise ValueError(f"--difficulties {' '.join(map(str, self.difficulties))}: levels are 1, 2, 3 and 4")
+        if not 0 <= self.worked_fraction <= 1:
+            raise ValueError(f"--worked-fraction={self.worked_fraction} must be in [0, 1]")
 
 
 @dataclass

@@ -182,3 +182,22 @@ def test_write_corpus(tmp_path):
     train_q = {r.prompt for r in read_math(paths["rl"], strict=True).records}
     test_q = {r.prompt for r in read_math(paths["rl_test"], strict=True).records}
     assert not train_q & test_q
+
+
+def test_sft_answers_show_work_for_the_asked_share_and_a_smaller_share_is_a_subset(tmp_path):
+    problems = generate_problems(2000, seed=0)
+    by_fraction = {}
+    for fraction in (0.0, 0.3, 0.6, 1.0):
+        chats = read_conversations(write_corpus(tmp_path / str(fraction), n_train=2000, n_test=20, seed=0,
+                                                worked_fraction=fraction)["sft"], strict=True).records
+        answers = [c[-1]["content"] for c in chats]
+        assert len(answers) == len(problems)
+        for p, a in zip(problems, answers):   # worked = the full solution, else the verifier's format alone
+            assert a in (p.solution, f"#### {p.answer}")
+        by_fraction[fraction] = {p.question for p, a in zip(problems, answers) if a == p.solution}
+    assert len(by_fraction[0.0]) == 0 and len(by_fraction[1.0]) == len(problems)
+    for fraction in (0.3, 0.6):   # 2000 draws: the share is within 4 standard deviations (~0.044)
+        assert abs(len(by_fraction[fraction]) / len(problems) - fraction) < 0.045
+    assert by_fraction[0.3] < by_fraction[0.6]
+    assert [c["conversations"] for c in sft_records(problems[:50])] == \
+        [[{"role": "user", "content": p.question}, {"role": "assistant", "content": p.solution}] for p in problems[:50]]

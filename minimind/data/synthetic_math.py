@@ -208,9 +208,24 @@ def pretrain_texts(problems: Iterable[MathProblem], facts: bool = True) -> list[
     return texts + (arithmetic_facts() if facts else [])
 
 
-def sft_records(problems: Iterable[MathProblem]) -> list[dict]:
+def shows_work(question: str, worked_fraction: float) -> bool:
+    """Whether the SFT chat of `question` shows the worked steps: true for a `worked_fraction` of question
+    texts (a stable hash, like split_of, so a smaller fraction's worked chats are a subset of a larger one's)."""
+    u = int(hashlib.sha256(f"worked:{question}".encode("utf-8")).hexdigest()[:8], 16) / 16 ** 8
+    return u < worked_fraction
+
+
+def answer_only(p: MathProblem) -> str:
+    """The answer without its steps, in the format the verifiers read."""
+    return f"#### {p.answer}"
+
+
+def sft_records(problems: Iterable[MathProblem], worked_fraction: float = 1.0) -> list[dict]:
+    """SFT chats: the worked solution for a `worked_fraction` of the problems (shows_work), the answer
+    alone for the rest."""
     return [{"conversations": [{"role": "user", "content": p.question},
-                               {"role": "assistant", "content": p.solution}]}
+                               {"role": "assistant", "content": p.solution if shows_work(p.question, worked_fraction)
+                                else answer_only(p)}]}
             for p in problems]
 
 
@@ -256,16 +271,17 @@ def corpus_problems(n: int, seed: int, split: str, difficulties: Sequence[int]) 
 
 
 def write_corpus(out_dir: str | Path, n_train: int = 2000, n_test: int = 200, seed: int = 0,
-                 difficulties: Sequence[int] = (1, 2, 3, 4)) -> dict[str, Path]:
+                 difficulties: Sequence[int] = (1, 2, 3, 4), worked_fraction: float = 1.0) -> dict[str, Path]:
     """Write every stage's file for one seed: pretrain/sft/dpo/rl (train) + rl_test. `difficulties` keeps
     those levels of the seed's `n_train` problems (of every level): a corpus of fewer levels is a subset
-    of the full one, so a stage on levels 1-2 trains on problems a stage on every level also saw."""
+    of the full one, so a stage on levels 1-2 trains on problems a stage on every level also saw.
+    `worked_fraction` of the SFT chats show the worked steps (sft_records); every other file always does."""
     out = Path(out_dir)
     train = corpus_problems(n_train, seed, "train", difficulties)
     test = corpus_problems(n_test, seed, "test", difficulties)
     return {
         "pretrain": write_jsonl(({"text": t} for t in pretrain_texts(train)), out / "pretrain.jsonl"),
-        "sft": write_jsonl(sft_records(train), out / "sft.jsonl"),
+        "sft": write_jsonl(sft_records(train, worked_fraction), out / "sft.jsonl"),
         "dpo": write_jsonl(dpo_records(train, seed), out / "dpo.jsonl"),
         "rl": write_jsonl(rl_records(train), out / "rl_train.jsonl"),
         "rl_test": write_jsonl(rl_records(test), out / "rl_test.jsonl"),
