@@ -51,6 +51,9 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     assert [s["slice"] for s in summary["slices"]] == ["all", "d1", "d2", "d3", "d4"]
     assert set(summary["slices"][3]) == {"slice", "greedy", "sampled", "pass@4", "pass@8"}
     assert "held-out accuracy before -> after" in out.stdout and "d3" in out.stdout
+    # the overall accuracy once: the table's "all" row, not again as rows of its own above the table
+    assert [line.split()[0] for line in out.stdout.splitlines() if line.split()[:1] == ["all"]] == ["all"]
+    assert "held-out accuracy, greedy" not in out.stdout, out.stdout
 
     # held-out problems: in no training stage's data (by construction: the TEST split; checked here)
     heldout = questions(run / "data" / "heldout.jsonl")
