@@ -18,15 +18,15 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
                checkpoint_every: int = 0, resume: bool = False, progress: bool = True,
                on_step: Callable[[int, dict], None] | None = None,
                plot_keys: tuple[str, ...] = ("loss", "lr", "grad_norm"), plot_every: int = 0,
-               evaluate: Callable[[Any], dict[str, float]] | None = None, eval_every: int = 0) -> dict[str, float]:
+               evaluate: Callable[[Any, int], dict[str, float]] | None = None, eval_every: int = 0) -> dict[str, float]:
     """Run `steps` optimizer steps over `batches` (a minimind.data.BatchIterator).
 
     Checkpoints go to `run_dir/checkpoint` (model, optimizer, schedule, RNG, data position). With
     `resume`, training continues from that checkpoint exactly where it stopped, mid-epoch or at an
     epoch boundary; a run stopped and resumed ends with the same weights as an uninterrupted one.
     `run_dir/curves.png` is redrawn every `plot_every` steps (0: at the end only), so a person can
-    watch a run as it trains. `evaluate(model) -> stats` runs every `eval_every` updates on the rank
-    that logs; its stats join that step's record (a held-out curve beside the training loss).
+    watch a run as it trains. `evaluate(model, step) -> stats` runs every `eval_every` updates on the
+    rank that logs; its stats join that step's record (a held-out curve beside the training loss).
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoint"
@@ -48,7 +48,7 @@ def train_loop(learner: Learner, batches: Any, steps: int, run_dir: str | Path,
         while learner.step < steps:
             stats = learner.train_step(batches.next_batch())
             if lead and eval_every and learner.step % eval_every == 0:
-                stats = {**stats, **evaluate(learner.model)}
+                stats = {**stats, **evaluate(learner.model, learner.step)}
             if lead:
                 logger.log(learner.step, **{k: v for k, v in stats.items() if k not in ("step", "time")})
                 if plot_every and learner.step % plot_every == 0:

@@ -11,10 +11,13 @@ from minimind.checkpoint import CheckpointError
 
 from learner.learner import TrainingDiverged
 
+from recipes.prometheus import PrometheusError
+
 T = TypeVar("T")
 
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, IsADirectoryError, NotADirectoryError,
-                                                 PermissionError, ValueError, CheckpointError, TrainingDiverged)
+                                                 PermissionError, ValueError, CheckpointError, TrainingDiverged,
+                                                 PrometheusError)
 """ValueError covers the project's own DataError, TokenizerError, ConfigError and config validation."""
 
 

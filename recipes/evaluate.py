@@ -52,29 +52,51 @@ def evaluate_math(model: MiniMindForCausalLM, tok: MiniMindTokenizer, problems: 
             "by_difficulty": {k: float(np.mean(v)) for k, v in sorted(by_level.items())}, "samples": samples}
 
 
-def curve_point(run: "Run", model: MiniMindForCausalLM) -> dict[str, float]:
-    """One point of the held-out curve during training: eval_accuracy and eval_accuracy_d<level> on the
-    run's eval_n TEST problems (the set the end-of-run evaluation answers)."""
+def answer_heldout(run: "Run", model: MiniMindForCausalLM) -> dict[str, Any]:
+    """evaluate_math on the run's eval_n TEST problems, with the seconds it took."""
     cfg = run.cfg
-    was_training = model.training
-    model.eval()
-    try:
-        res = evaluate_math(model, run.tokenizer, heldout_problems(cfg.eval_n, cfg.seed), cfg.max_new_tokens)
-    finally:
-        model.train(was_training)
-    return {"eval_accuracy": res["accuracy"], **{f"eval_accuracy_d{d}": v for d, v in res["by_difficulty"].items()}}
-
-
-def report_eval(run: "Run", model: MiniMindForCausalLM, label: str) -> dict | None:
-    cfg = run.cfg
-    if getattr(cfg, "eval_n", 0) <= 0:
-        return None
     t0 = time.perf_counter()
     res = evaluate_math(model, run.tokenizer, heldout_problems(cfg.eval_n, cfg.seed), cfg.max_new_tokens)
     res["seconds"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+class HeldOutCurve:
+    """The held-out curve during training (`evaluate` of recipes.supervised_common.fit): eval_accuracy
+    and eval_accuracy_d<level> on the run's eval_n TEST problems, the set the end-of-run report answers.
+    It keeps its last answer, so that the report of the same weights (a point at the last update) is
+    that answer and not a second pass over the same problems (greedy: it would be the same)."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+        self.last: tuple[int, dict[str, Any]] | None = None   # (step, answer)
+
+    def __call__(self, model: MiniMindForCausalLM, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        try:
+            res = answer_heldout(self.run, model)
+        finally:
+            model.train(was_training)
+        self.last = (step, res)
+        return {"eval_accuracy": res["accuracy"], **{f"eval_accuracy_d{d}": v for d, v in res["by_difficulty"].items()}}
+
+    def answer_at(self, step: int) -> dict[str, Any] | None:
+        """The answer of the point at `step` if this process took one there (not on a learner group's
+        rank, nor when a resumed run had no update left to make)."""
+        return self.last[1] if self.last is not None and self.last[0] == step else None
+
+
+def report_eval(run: "Run", model: MiniMindForCausalLM, label: str, answered: dict[str, Any] | None = None) -> dict | None:
+    """The end-of-run held-out evaluation (eval.json and one line): `answered` when the curve already
+    answered these problems with these weights (HeldOutCurve.answer_at the last step), else a new pass."""
+    cfg = run.cfg
+    if getattr(cfg, "eval_n", 0) <= 0:
+        return None
+    res = answered if answered is not None else answer_heldout(run, model)
     (run.run_dir / "eval.json").write_text(json.dumps(res, indent=2))
     print(f"[{label}] held-out exact-match accuracy: {res['accuracy']:.3f} on {res['n']} TEST problems "
-          f"(by difficulty {res['by_difficulty']})")
+          f"(by difficulty {res['by_difficulty']})" + (" - the held-out curve's last point" if answered else ""))
     return res
 
 

@@ -61,13 +61,9 @@ def actors_peak_memory(actors: Any) -> dict[str, float]:
 
 def print_summary(s: dict[str, Any]) -> None:
     algo = s["algo"] if s["loss"] == s["algo"] else f"{s['algo']} with the {s['loss']} loss"
-    rows = [("algorithm", algo), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})")]
-    if s.get("accuracy_before") is not None:
-        rows.append(("held-out accuracy, greedy", f"{s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}"))
-    if s.get("sampled_accuracy_before") is not None:
-        rows.append(("held-out accuracy, sampled (policy)",
-                     f"{s['sampled_accuracy_before']:.3f} -> {s['sampled_accuracy_after']:.3f}"))
-    rows += [("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
+    # the held-out accuracy is printed once, in the table below ("all" and each level)
+    rows = [("algorithm", algo), ("RL steps (this process)", f"{s['steps']} ({s['steps_this_process']})"),
+             ("train reward first -> last step", f"{s['reward_first']:.3f} -> {s['reward_last']:.3f}"),
              ("seconds per RL step", s["seconds_per_step"]),
              ("  generate / learn", f"{s['generate_seconds_per_step']} / {s['learn_seconds_per_step']}"),
              ("rollout tokens/s", s["tokens_per_second"]), ("RL wall time (s)", s["rl_seconds"]),

@@ -16,7 +16,7 @@ from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
 from learner.stages import DistillStage, DPOStage, LMStage, RewardModelStage
 from recipes.supervised_common import chat_data, fit, load_init, prepare, result, save_final, skipped_lines_report
 from recipes.supervised_config import DistillConfig, DPOConfig, LoRARecipeConfig, PretrainConfig, RewardModelConfig, SFTConfig
-from recipes.evaluate import curve_point, heldout_problems, pair_accuracy, report_eval
+from recipes.evaluate import HeldOutCurve, heldout_problems, pair_accuracy, report_eval
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
@@ -35,10 +35,12 @@ def run_sft(cfg: SFTConfig) -> dict[str, Any]:
     run = prepare(cfg)
     model = load_init(run, cfg.init)
     data = chat_data(run, SFTDataset, run.data_file("sft"))
+    curve = HeldOutCurve(run)
     learner, stats = fit(run, model, LMStage(), data, plot_keys=("loss", "eval_accuracy", "lr", "grad_norm"),
-                         evaluate=lambda m: curve_point(run, m) if cfg.eval_n else {})
+                         evaluate=curve if cfg.eval_n else None)
     final = save_final(run, learner.model)
-    return result(run, learner, stats, final, eval=report_eval(run, learner.model, "sft"))
+    return result(run, learner, stats, final,
+                  eval=report_eval(run, learner.model, "sft", answered=curve.answer_at(learner.step)))
 
 
 def run_lora(cfg: LoRARecipeConfig) -> dict[str, Any]:

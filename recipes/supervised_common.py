@@ -167,9 +167,9 @@ def chat_data(run: Run, cls: type, path: str | Path) -> Any:
 
 def fit(run: Run, model: nn.Module, stage: Any, dataset: Any, ref_model: nn.Module | None = None,
         plot_keys: Sequence[str] = ("loss", "lr", "grad_norm"),
-        evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> tuple[Learner, dict[str, float]]:
+        evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None) -> tuple[Learner, dict[str, float]]:
     """Train `model` with `stage` on `dataset` for cfg.steps updates (resuming if asked); `evaluate`
-    (model -> stats) runs every cfg.eval_every updates and its stats join that step's metrics."""
+    (model, step -> stats) runs every cfg.eval_every updates and its stats join that step's metrics."""
     cfg = run.cfg
     if cfg.resume:   # before config.json is rewritten: it says what the checkpoint was made with
         check_resume_fits(run.run_dir, model, config_to_dict(cfg))

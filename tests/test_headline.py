@@ -38,6 +38,10 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     # SFT's own held-out curve, every 2 of its updates, per level
     sft = [json.loads(line) for line in (run / "bootstrap" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in sft if "eval_accuracy" in r] == [2, 4]
+    # its point at the last update is SFT's end-of-run report (eval.json), not a second pass
+    reports = [line for line in out.stdout.splitlines() if "held-out exact-match accuracy" in line]
+    assert len(reports) == 1 and reports[0].endswith("the held-out curve's last point"), reports
+    assert json.loads((run / "bootstrap" / "sft" / "eval.json").read_text())["accuracy"] == sft[-1]["eval_accuracy"]
 
     # the summary says what each stage saw and reports every slice
     summary = json.loads((run / "summary.json").read_text())
@@ -47,6 +51,9 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     assert [s["slice"] for s in summary["slices"]] == ["all", "d1", "d2", "d3", "d4"]
     assert set(summary["slices"][3]) == {"slice", "greedy", "sampled", "pass@4", "pass@8"}
     assert "held-out accuracy before -> after" in out.stdout and "d3" in out.stdout
+    # the overall accuracy once: the table's "all" row, not again as rows of its own above the table
+    assert [line.split()[0] for line in out.stdout.splitlines() if line.split()[:1] == ["all"]] == ["all"]
+    assert "held-out accuracy, greedy" not in out.stdout, out.stdout
 
     # held-out problems: in no training stage's data (by construction: the TEST split; checked here)
     heldout = questions(run / "data" / "heldout.jsonl")

@@ -3,7 +3,8 @@
 * its own local Ray listens on 127.0.0.1 only (every listening socket of the run's process tree,
   sampled with psutil while it trains), --prometheus scrapes its ray_minimind_* gauges (Prometheus's
   query API answers with them), and after SIGKILL of the driver no process of the run is left and its
-  Ray session files are gone; the same for experiments/serve.py's Ray while it serves;
+  Ray session files are gone; the same for experiments/serve.py's Ray while it serves; --prometheus on
+  a port another server holds stops the run with one line naming the port;
 * joined to a Ray (--address), SIGTERM ends it like Ctrl-C (one line, where --resume continues, no
   stack dump), and a killed learner actor is named with the step --resume continues from (with no
   restarts allowed); with two learner ranks, a killed rank restarts the group from the last checkpoint
@@ -16,8 +17,10 @@ the run writes (learner_ranks.json), and its Ray temp folder is under a TMPDIR o
 and test sessions of others on the same machine are neither counted nor killed."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -91,18 +94,33 @@ def _wait_for(proc: subprocess.Popen, ready, what: str, deadline_s: float = DEAD
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a run's Ray takes its ports at random at or above
+    that range's start, so it cannot take this one before the server the test gives it to binds it."""
+    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, ephemeral_start), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port found in 20000..{ephemeral_start}")
 
 
 def _query(port: int, expr: str) -> list:
+    """The query's result from the Prometheus on `port` ([] while nothing listens there yet)."""
     url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return json.loads(r.read())["data"]["result"]
+            body = r.read()
+    except http.client.HTTPException as e:   # some other server (e.g. a gRPC one) holds the port
+        pytest.fail(f"127.0.0.1:{port} answered, but not over HTTP: {e!r}")
     except OSError:
         return []
+    try:
+        return json.loads(body)["data"]["result"]
+    except (ValueError, KeyError, TypeError):
+        pytest.fail(f"127.0.0.1:{port} answered, but not as Prometheus: {body[:200]!r}")
 
 
 @pytest.fixture
@@ -182,6 +200,27 @@ def test_local_run_listens_on_loopback_only_feeds_prometheus_and_dies_with_its_d
     session = list(own_tmpdir.glob("minimind-ray-*"))
     assert session, "the run's Ray did not use a temp folder of its own"
     tree.assert_all_gone_after_sigkill(proc, session)
+
+
+def test_prometheus_port_in_use_stops_the_run_with_one_line(policy, tmp_path, own_tmpdir):
+    """--prometheus on a port another server holds: exit status 2 and one line naming the port and the flag,
+    not a run whose Prometheus URL is someone else's."""
+    if shutil.which("prometheus") is None:
+        pytest.skip("no `prometheus` binary (apt-get install prometheus)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _start(tmp_path / "run", policy, "--no-dashboard", "--prometheus", f"--prometheus-port={port}",
+                      tmpdir=own_tmpdir)
+        try:
+            _, err = proc.communicate(timeout=DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"the run did not stop within {DEADLINE_S}s although port {port} is taken")
+    assert proc.returncode == 2, err[-4000:]
+    line = _one_error_line(err)
+    assert f"--prometheus-port {port}: 127.0.0.1:{port} is in use" in line and "pick a free port" in line, line
 
 
 def test_serve_py_listens_on_loopback_only_and_dies_with_its_process(policy, tmp_path, own_tmpdir):

@@ -60,11 +60,11 @@ def test_resume_continues_from_checkpoint(pretrained):
     assert steps == list(range(1, 13))     # 9..12 appended once; 1..8 were not run again
 
 
-def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
+def test_sft_from_pretrain_then_eval(pretrained, tmp_path, capsys):
     pt_dir, _ = pretrained
     sft_dir = tmp_path / "sft"
     res = run_sft(SFTConfig(run_dir=str(sft_dir), init=str(pt_dir / "final"), steps=8, optim=OptimConfig(lr=3e-3, warmup_steps=2),
-                            eval_n=8, max_new_tokens=12, **COMMON))
+                            eval_n=8, eval_every=4, max_new_tokens=12, **COMMON))
     assert res["step"] == 8
     for f in ("metrics.jsonl", "curves.png", "final/model.safetensors", "final/tokenizer.json", "eval.json"):
         assert (sft_dir / f).is_file(), f
@@ -75,6 +75,14 @@ def test_sft_from_pretrain_then_eval(pretrained, tmp_path):
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     ev = json.loads((sft_dir / "eval.json").read_text())
     assert ev["n"] == 8 and 0.0 <= ev["accuracy"] <= 1.0 and res["eval"]["accuracy"] == ev["accuracy"]
+    # the held-out curve (every 4 updates) ends at the last update: the report is that point, answered once
+    points = [r for r in read_metrics(sft_dir / "metrics.jsonl") if "eval_accuracy" in r]
+    assert [r["step"] for r in points] == [4, 8]
+    assert points[-1]["eval_accuracy"] == ev["accuracy"]
+    assert {f"eval_accuracy_d{d}": v for d, v in ev["by_difficulty"].items()} == \
+        {k: v for k, v in points[-1].items() if k.startswith("eval_accuracy_d")}
+    reports = [line for line in capsys.readouterr().out.splitlines() if "held-out exact-match accuracy" in line]
+    assert len(reports) == 1 and reports[0].endswith("the held-out curve's last point"), reports
 
 
 def test_sft_on_two_learner_ranks_is_the_one_learner_run_and_resumes_on_one(pretrained, tmp_path):
