@@ -27,7 +27,7 @@ class BootstrapConfig:
     """Model preset of the bootstrapped policy."""
     n_train: int = 4000
     """Built-in training problems for pretrain/SFT."""
-    pretrain_steps: int = 300
+    pretrain_steps: int = 800
     """Pretraining updates (batch 16 x 128 tokens)."""
     sft_steps: int = 2000
     """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change)."""
@@ -37,9 +37,11 @@ class BootstrapConfig:
     """Difficulty levels SFT demonstrates worked solutions of (pretraining reads every level as plain
     text; RL prompts and the held-out set span every level, whatever SFT left out is learnt from the
     verifier alone)."""
-    sft_worked_fraction: float = 1.0
+    sft_worked_fraction: float = 0.4
     """Share of the SFT chats that show the worked steps; the others answer "#### N" alone (pretraining
-    text always shows them)."""
+    text always shows them). Below one half, the SFT policy's greedy answer is mostly the bare number,
+    which it gets wrong on multi-step problems, while its samples still show the steps now and then:
+    RL learns from the verifier alone that working it out pays (docs/results.md)."""
     sft_eval_every: int = 250
     """SFT's held-out curve (every level) every this many updates, in bootstrap/sft/metrics.jsonl."""
 

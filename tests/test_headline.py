@@ -1,7 +1,8 @@
 """The headline run, `python experiments/grpo_math.py`, with tiny settings: what a user reads after it.
-SFT demonstrates some difficulty levels (here 1-2), RL prompts and the held-out set span all; the run
-keeps a held-out curve (overall and per level) while it trains, says what each stage saw, reports
-pass@k, and the held-out problems are disjoint from everything any stage trained on."""
+SFT demonstrates some difficulty levels (here 1-2) and shows the worked steps in half of its answers; RL
+prompts and the held-out set span all levels; the run keeps a held-out curve (overall and per level)
+while it trains, says what each stage saw, reports pass@k, and the held-out problems are disjoint from
+everything any stage trained on."""
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     run = tmp_path / "headline"
     out = run_grpo_math(run, address, "--driver.steps=4", "--driver.eval-every=2", "--eval-size=40",
                         "--eval-samples=8", "--bootstrap.sft-steps=4", "--bootstrap.sft-eval-every=2",
-                        "--bootstrap.sft-difficulties=1,2")
+                        "--bootstrap.sft-difficulties=1,2", "--bootstrap.sft-worked-fraction=0.5")
 
     # the held-out curve: before (step 0), every 2 steps, after (the last step), overall and per level
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -47,6 +48,7 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     data = summary["data"]
     assert "levels 1, 2 only" in data["sft"] and "levels 1, 2, 3, 4" in data["rl"], data
+    assert "50% of the answers with their worked solution" in data["sft"], data
     assert "answers only" in data["rl"] and "TEST split" in data["held-out"], data
     assert [s["slice"] for s in summary["slices"]] == ["all", "d1", "d2", "d3", "d4"]
     assert set(summary["slices"][3]) == {"slice", "greedy", "sampled", "pass@4", "pass@8"}
@@ -59,7 +61,8 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     heldout = questions(run / "data" / "heldout.jsonl")
     assert len(heldout) == 40
     sft_data = run / "bootstrap" / "sft" / "data" / "sft.jsonl"
-    seen_sft = {row["conversations"][0]["content"] for _, row in iter_rows(sft_data)}
+    chats = [row["conversations"] for _, row in iter_rows(sft_data)]
+    seen_sft = {chat[0]["content"] for chat in chats}
     pretrain = "\n".join(row["text"] for _, row in iter_rows(run / "bootstrap" / "pretrain" / "data" / "pretrain.jsonl"))
     assert heldout.isdisjoint(seen_sft) and heldout.isdisjoint(questions(run / "data" / "rl_prompts.jsonl"))
     assert not [q for q in heldout if q in pretrain]
@@ -67,3 +70,6 @@ def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     # a product, three operands (level 3) or a word problem (level 4)
     assert seen_sft and all(q.startswith("What is") and "*" not in q and q.count(" + ") + q.count(" - ") == 1
                             for q in seen_sft), sorted(seen_sft)[:5]
+    # half of its answers show the steps ("47 - 12 = 35\n#### 35"), the others only "#### 35"
+    worked = sum(" = " in chat[1]["content"] for chat in chats) / len(chats)
+    assert all(chat[1]["content"].count("#### ") == 1 for chat in chats) and 0.4 < worked < 0.6, worked
