@@ -27,10 +27,11 @@ class BootstrapConfig:
     """Model preset of the bootstrapped policy."""
     n_train: int = 4000
     """Built-in training problems for pretrain/SFT."""
-    pretrain_steps: int = 800
+    pretrain_steps: int = 300
     """Pretraining updates (batch 16 x 128 tokens)."""
-    sft_steps: int = 2000
-    """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change)."""
+    sft_steps: int = 3000
+    """SFT updates (batch 32; fewer leave the demo model before its arithmetic phase change, which comes
+    later the fewer answers show their steps: around update 2000-2500 at the default share)."""
     sft_lr: float = 2e-3
     """SFT peak learning rate."""
     sft_difficulties: tuple[int, ...] = (1, 2, 3, 4)

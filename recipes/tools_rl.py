@@ -63,10 +63,9 @@ class ToolsGRPOConfig(GRPOMathConfig):
     """GRPO with a calculator tool: multi-turn episodes on hard arithmetic."""
     run_dir: str = "runs/grpo_tools"
     # the tool path needs the answer format, not the bootstrap's own arithmetic (hard problems are
-    # beyond it either way): a shorter pretraining and SFT than grpo_math's, on worked answers only,
-    # keep the whole run near 13 min on 2 cores
-    bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(pretrain_steps=300, sft_steps=500,
-                                                                               sft_worked_fraction=1.0))
+    # beyond it either way): a shorter SFT than grpo_math's, on worked answers only, keeps the whole
+    # run near 13 min on 2 cores
+    bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(sft_steps=500, sft_worked_fraction=1.0))
     n_prompts: int = 2000
     eval_size: int = 200
     eval_samples: int = 0
