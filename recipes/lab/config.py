@@ -66,7 +66,7 @@ class LabConfig:
     micro_sizes: tuple[int, ...] = (1, 8)
     """Mismatch report: the learner's logprobs computed in micro-batches of these sizes vs the whole batch."""
     bootstrap: BootstrapConfig = field(default_factory=lambda: BootstrapConfig(n_train=1000, pretrain_steps=100,
-                                                                               sft_steps=300))
+                                                                               sft_steps=300, sft_worked_fraction=1.0))
     """The small policy built when neither --init nor the grpo_math bootstrap is there."""
     grpo: GRPOLoss = field(default_factory=GRPOLoss)
     dr_grpo: DrGRPOLoss = field(default_factory=DrGRPOLoss)
