@@ -35,7 +35,7 @@ class BootstrapConfig:
     sft_lr: float = 2e-3
     """SFT peak learning rate."""
     sft_difficulties: tuple[int, ...] = (1, 2, 3, 4)
-    """Difficulty levels SFT demonstrates worked solutions of (pretraining reads every level as plain
+    """Difficulty levels SFT demonstrates (pretraining reads every level as plain
     text; RL prompts and the held-out set span every level, whatever SFT left out is learnt from the
     verifier alone)."""
     sft_worked_fraction: float = 0.4
