@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,28 +35,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runtime.ports import port_below_ephemeral_range
+
 ROOT = Path(__file__).resolve().parents[1]
 PLACEMENT_RE = re.compile(r"\[ray\] (\d+) nodes; placement: (.*)")
-
-
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def client_server_port() -> int:
-    """A port for the head's Ray client server, the one port `ray start` cannot be told to pick itself
-    (every other port here is 0: the process that binds it picks a free one). Drawn below the kernel's
-    ephemeral range, which every outgoing connection and port-0 bind on the machine draws from (a port
-    found free there can be taken before `ray start` binds it: other Ray clusters on the machine open
-    connections all the time), and above Ray's worker ports (10002-19999)."""
-    low = int(EPHEMERAL_RANGE.read_text().split()[0]) if EPHEMERAL_RANGE.is_file() else 32768
-    for port in random.Random().sample(range(20000, low), k=min(100, max(0, low - 20000))):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError(f"no free port in 20000-{low - 1} for the Ray client server")
 
 
 def ray_cli() -> str:
@@ -147,8 +127,9 @@ class LocalCluster:
                   "--metrics-export-port=0"]
         common = [f"--num-cpus={cpus_per_node}", f"--object-store-memory={object_store_mb * 2**20}",
                   f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *agents]
+        # the client server's is the one port `ray start` cannot be told to pick itself (port 0)
         text = self._ray_start(["--head", "--port=0", "--include-dashboard=false", "--resources={\"head_node\": 1}",
-                                f"--ray-client-server-port={client_server_port()}", *common])
+                                f"--ray-client-server-port={port_below_ephemeral_range()}", *common])
         m = re.search(r"ray start --address='([^']+)'", text)
         if not m:
             raise RuntimeError(f"could not find the head address in:\n{text[-2000:]}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -42,6 +41,7 @@ from minimind.config import preset
 from minimind.data import synthetic_math as sm
 from minimind.model import MiniMindForCausalLM
 from minimind.tokenizer import train_tokenizer
+from runtime.ports import port_below_ephemeral_range
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
@@ -91,20 +91,6 @@ def _wait_for(proc: subprocess.Popen, ready, what: str, deadline_s: float = DEAD
             proc.kill()
             pytest.fail(f"no {what} within {deadline_s}s")
         time.sleep(0.2)
-
-
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range: a run's Ray takes its ports at random at or above
-    that range's start, so it cannot take this one before the server the test gives it to binds it."""
-    ephemeral_start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in random.sample(range(20000, ephemeral_start), 100):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail(f"no free port found in 20000..{ephemeral_start}")
 
 
 def _query(port: int, expr: str) -> list:
@@ -180,7 +166,7 @@ def test_local_run_listens_on_loopback_only_feeds_prometheus_and_dies_with_its_d
     if not have_prometheus:
         print("\n*** SKIPPING the --prometheus part: no `prometheus` binary (apt-get install prometheus) ***\n",
               file=sys.stderr)
-    port = _free_port()
+    port = port_below_ephemeral_range()
     run = tmp_path / "run"
     proc = _start(run, policy, "--no-dashboard", *(["--prometheus", f"--prometheus-port={port}"]
                                                    if have_prometheus else []), tmpdir=own_tmpdir)
@@ -226,7 +212,7 @@ def test_prometheus_port_in_use_stops_the_run_with_one_line(policy, tmp_path, ow
 def test_serve_py_listens_on_loopback_only_and_dies_with_its_process(policy, tmp_path, own_tmpdir):
     """experiments/serve.py without --ray-address: its Ray (GCS, raylet, Serve controller, proxy, replica)
     listens on 127.0.0.1 only, the HTTP port included, and goes away with the process."""
-    port = _free_port()
+    port = port_below_ephemeral_range()
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["TMPDIR"] = str(own_tmpdir)
     proc = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "serve.py"), f"--model={policy}",
