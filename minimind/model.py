@@ -138,6 +138,38 @@ class KVCache:
         self.v = [v.index_select(0, idx) for v in self.v]
 
 
+# ----------------------------------------------------------------------------- packing
+class Packed:
+    """The kept positions of a [B, T] batch packed into N rows, row by row (padding removed).
+
+    The position-wise layers (projections, MLP, norms, and the caller's head) then run on [N, H]
+    instead of [B, T, H]: RL responses are right-padded to the longest one, so most of a padded
+    batch can be padding. Attention alone unpacks to [B, T] (zeros where nothing was kept): a
+    position that was not kept must be one that no kept position attends to (padding, or a row's
+    last token when no later position of the row is wanted), which the attention mask ensures."""
+
+    def __init__(self, keep: torch.Tensor):
+        self.B, self.T = keep.shape
+        self.index = keep.reshape(-1).nonzero().squeeze(-1)      # [N] flat positions in B*T
+        self.counts = keep.sum(-1)                                # [B] kept positions of each row
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [N, ...]"""
+        return x.reshape(self.B * self.T, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, ...] -> [B, T, ...], zeros where nothing was kept (differentiable)."""
+        out = x.new_zeros(self.B * self.T, *x.shape[1:]).index_copy(0, self.index, x)
+        return out.view(self.B, self.T, *x.shape[1:])
+
+    def last_of_rows(self) -> torch.Tensor:
+        """[B] packed index of each row's last kept position (rows must keep at least one)."""
+        return self.counts.cumsum(0) - 1
+
+
 # ----------------------------------------------------------------------------- blocks
 # rows x heads x head_dim from which decode_attention beats SDPA on CPU (measured on 2 cores:
 # tiny 4x16 heads wins from batch 64, minimind2-small 8x64 from batch 4; below, its extra ops cost more)
@@ -176,11 +208,15 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, attn_mask, layer_idx: int, cache: KVCache | None, causal: bool = True):
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+    def forward(self, x, cos, sin, attn_mask, layer_idx: int, cache: KVCache | None, causal: bool = True,
+                packed: Packed | None = None):
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if packed is not None:   # x is [N, H]: the projections ran on kept tokens only
+            q, k, v = packed.unpack(q), packed.unpack(k), packed.unpack(v)
+        B, T, _ = q.shape
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv, self.head_dim)
+        v = v.view(B, T, self.n_kv, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -195,6 +231,8 @@ class Attention(nn.Module):
                 q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None,
                 dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_kv != self.n_heads)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)
+        if packed is not None:
+            y = packed.pack(y)
         return self.resid_dropout(self.o_proj(y))
 
 
@@ -253,6 +291,8 @@ class MoEFeedForward(nn.Module):
         self.aux_loss = torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:   # packed tokens [N, H]: routed as one row (its aux loss is not per sequence)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         B, T, H = x.shape
         idx, w, self.aux_loss = self.gate(x)
         flat = x.reshape(-1, H)
@@ -286,8 +326,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MoEFeedForward(cfg) if cfg.use_moe else FeedForward(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, cache, causal: bool = True):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, self.layer_idx, cache, causal)
+    def forward(self, x, cos, sin, attn_mask, cache, causal: bool = True, packed: Packed | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, self.layer_idx, cache, causal, packed)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -349,7 +389,10 @@ class MiniMindModel(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None):
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                packed: Packed | None = None):
+        """(hidden states after the final norm [B, T, H], MoE aux loss). `packed`: only its kept
+        positions run through the position-wise layers, and the hidden states come back packed [N, H]."""
         B, T = input_ids.shape
         past = cache.pos if cache is not None else 0
         if position_ids is None:
@@ -364,9 +407,9 @@ class MiniMindModel(nn.Module):
         cos = self.rope_cos[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
         sin = self.rope_sin[position_ids].unsqueeze(1).to(self.embed_tokens.weight.dtype)
         attn_mask, causal = attention_plan(attention_mask, B, past, T, input_ids.device)
-        x = self.dropout(self.embed_tokens(input_ids))
+        x = self.dropout(self.embed_tokens(input_ids if packed is None else packed.pack(input_ids)))
         for layer in self.layers:
-            x = layer(x, cos, sin, attn_mask, cache, causal)
+            x = layer(x, cos, sin, attn_mask, cache, causal, packed)
         if cache is not None:
             cache.advance(T)
         aux = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MoEFeedForward)),

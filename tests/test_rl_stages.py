@@ -64,6 +64,44 @@ def test_rows_sharing_a_prompt_run_it_once_and_score_as_alone():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def _plain_logprobs(model, seq, attn, R, temperature):
+    """The straightforward computation: one padded forward over whole sequences, every position."""
+    logits = model(seq, attention_mask=attn).logits[:, -R - 1:-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, seq[:, -R:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_packed_scoring_equals_one_padded_forward(holes):
+    """Responses of different lengths (right padding) or with unattended tokens inside (holes): the
+    packed passes give the logprobs and gradient of one plain padded forward on every real token, 0 on
+    the rest, and the position-wise layers see only the tokens some wanted position needs."""
+    model = tiny_model()
+    batch = rollout(model, tiny_prompts(4), G=3, temperature=0.9, max_new_tokens=10, seed=3)
+    seq, attn, R = batch.sequences, batch.attention_mask.clone(), batch.response_ids.shape[1]
+    P = seq.shape[1] - R
+    attn[1, -R + 2:] = 0                       # a row cut to 2 tokens and one to a single token
+    attn[5, -R + 1:] = 0
+    if holes:
+        attn[2, -R + 1] = 0                    # an unattended token inside a response
+    real = attn[:, P:].bool()
+    assert len(set(real.sum(1).tolist())) > 2
+    rows_seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda _m, args, _out: rows_seen.append(args[0].shape[0]))
+    packed = response_logprobs(model, seq, attn, R, 0.9)
+    prompt_tokens = int(batch.prompt_mask[::3].sum())          # the 4 distinct prompts' real tokens
+    resp_fed = sum(int(r.nonzero().max()) for r in real)       # each row's positions before its last real token
+    assert rows_seen == [prompt_tokens, resp_fed] and resp_fed < int(real.sum()) < real.numel()
+    (packed * real).sum().backward()
+    g_packed = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = _plain_logprobs(model, seq, attn, R, 0.9)
+    (plain * real).sum().backward()
+    torch.testing.assert_close(packed[real], plain[real], rtol=0, atol=1e-5)
+    assert not packed[~real].any()
+    for a, b in zip(g_packed, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _count_forwards(module) -> list[int]:
     calls = [0]
     module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))

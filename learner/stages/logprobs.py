@@ -1,12 +1,14 @@
-"""Log-probabilities of response tokens, as the RL stages compute them: only the response positions
-go through the LM head, at the sampling temperature, with a fused selective log-softmax backward.
-Rows that share a prompt (the G samples of a GRPO group) run that prompt through the trunk once."""
+"""Log-probabilities of response tokens, as the RL stages compute them: only the real response
+positions go through the LM head, at the sampling temperature, with a fused selective log-softmax
+backward. Rows that share a prompt (the G samples of a GRPO group) run that prompt through the trunk
+once, and the responses' padding is packed away."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from minimind.model import MiniMindForCausalLM
+from minimind.model import MiniMindForCausalLM, Packed
 
 from ..losses import entropy_from_logits, logprobs_from_logits
 
@@ -54,32 +56,50 @@ def distinct_prompts(seq: torch.Tensor, attn: torch.Tensor, P: int) -> tuple[tor
     return first, inverse
 
 
-def response_hidden(trunk: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: int) -> torch.Tensor:
-    """[B, R, H] final hidden states at the positions that predict each response token (P-1 .. P+R-2)
-    of a MiniMind trunk (`model.model`). With rows sharing a prompt, the prompts go through the trunk
-    once (PromptKV); otherwise one pass over the whole sequences."""
+def response_hidden(trunk: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: int) -> tuple[torch.Tensor, Packed]:
+    """([N, H] final hidden states of a MiniMind trunk (`model.model`) at the positions that predict each
+    of the N real response tokens, where those tokens sit in [B, R]).
+
+    The distinct prompts go through the trunk once (PromptKV), then the responses behind them with the
+    padding packed away (`Packed`): only the positions whose hidden state is wanted (each one before a
+    real response token) or whose keys are (each real token before such a position) run through the
+    position-wise layers; a right-padded row (the contract's layout) feeds its real tokens but the last."""
     P = seq.shape[1] - R
-    if P > 0 and len(seq) > 1:
-        first, inverse = distinct_prompts(seq, attn, P)
-        if len(first) < len(seq):
-            kv = PromptKV()
-            h_prompt, _ = trunk(seq[first, :P], attn[first, :P], cache=kv)
-            h_resp, _ = trunk(seq[:, P:], attn, cache=kv.rows(inverse))
-            return torch.cat([h_prompt[:, -1:].index_select(0, inverse), h_resp[:, :-1]], 1)
-    h, _ = trunk(seq, attn)
-    return h[:, -R - 1:-1]
+    if P < 1:
+        raise ValueError(f"response_hidden: sequences of {seq.shape[1]} tokens hold no prompt before their "
+                         f"{R} response tokens; the first response token needs a prompt token to predict it")
+    resp = attn[:, P:].bool()
+    predicts = F.pad(resp[:, 1:], (0, 1), value=False)                  # the next position is a real token
+    before_last = resp.flip(-1).long().cumsum(-1).flip(-1) > resp.long()  # a real token comes later
+    fed = predicts | (resp & before_last)
+    first, inverse = distinct_prompts(seq, attn, P)
+    kv = PromptKV()
+    prompts = Packed(attn[first, :P].bool() | (torch.arange(P, device=seq.device) == P - 1))
+    h_prompt, _ = trunk(seq[first, :P], attn[first, :P], cache=kv, packed=prompts)
+    last = h_prompt.index_select(0, prompts.last_of_rows())              # [U, H] at each prompt's position P-1
+    h_resp, _ = trunk(seq[:, P:], attn, cache=kv.rows(inverse), packed=Packed(fed))
+    # response token t of row b is predicted by its prompt's last hidden state (t = 0), else by the
+    # response pass at t - 1: one gather from [last; h_resp]
+    wanted = Packed(resp)
+    b, t = wanted.index // R, wanted.index % R
+    fed_rank = fed.reshape(-1).long().cumsum(0) - 1
+    src = torch.where(t == 0, inverse[b], len(first) + fed_rank[(wanted.index - 1).clamp_min(0)])
+    return torch.cat([last, h_resp]).index_select(0, src), wanted
 
 
 def response_logits(model: MiniMindForCausalLM, seq: torch.Tensor, attn: torch.Tensor, R: int,
-                    temperature: float) -> torch.Tensor:
-    """[B, R, V] logits that predicted each response token, at the sampling temperature. Only the R
-    positions before each response token go through the LM head (the prompt's logits are never needed)."""
-    logits = model.lm_head(response_hidden(model.model, seq, attn, R)).float()
-    return logits / temperature if temperature not in (0.0, 1.0) else logits
+                    temperature: float) -> tuple[torch.Tensor, Packed]:
+    """([N, V] logits that predicted each of the N real response tokens, at the sampling temperature;
+    where those tokens sit in [B, R]). Only those positions go through the LM head."""
+    h, wanted = response_hidden(model.model, seq, attn, R)
+    logits = model.lm_head(h).float()
+    return (logits / temperature if temperature not in (0.0, 1.0) else logits), wanted
 
 
 def response_logprobs(model, seq, attn, R, temperature) -> torch.Tensor:
-    return logprobs_from_logits(response_logits(model, seq, attn, R, temperature), seq[:, -R:])
+    """[B, R] log-probabilities of the response tokens (0 on padding)."""
+    logits, wanted = response_logits(model, seq, attn, R, temperature)
+    return wanted.unpack(logprobs_from_logits(logits, wanted.pack(seq[:, -R:])))
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):

@@ -19,7 +19,8 @@ from .rl_common import RLStage, RLUpdateConfig, by_micro_batch
 
 def critic_values(critic: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: int) -> torch.Tensor:
     """[B, R] value of the state before each response token (a shared prompt through the trunk once)."""
-    return critic.score(response_hidden(critic.model, seq, attn, R)).squeeze(-1).float()
+    h, wanted = response_hidden(critic.model, seq, attn, R)
+    return wanted.unpack(critic.score(h).squeeze(-1).float())
 
 
 @dataclass

@@ -163,8 +163,9 @@ class RLStage(StageBase):
         mismatch_kl); with --update.tis-cap the truncated weights min(exp(old - rollout), C) come
         back for the loss (with tis_truncated_frac and tis_weight_mean)."""
         e = m.exp
-        logits = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
-        logp, ent = logprobs_and_entropy(logits, e.response_ids)
+        logits, wanted = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
+        logp, ent = logprobs_and_entropy(logits, wanted.pack(e.response_ids))
+        logp, ent = wanted.unpack(logp), wanted.unpack(ent)             # [B, R], 0 on padding
         stats = {"entropy": float(masked_mean(ent, e.mask))}
         if e.old_logp is not None:
             old = e.old_logp

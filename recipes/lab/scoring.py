@@ -22,7 +22,8 @@ def chunked_logits(model: torch.nn.Module, batch: RolloutBatch, chunk: int = 0) 
     size = chunk if chunk > 0 else len(batch)
     for s in range(0, len(batch), size):
         rows = slice(s, min(s + size, len(batch)))
-        yield rows, response_logits(model, seq[rows], attn[rows], R, 1.0)
+        logits, wanted = response_logits(model, seq[rows], attn[rows], R, 1.0)
+        yield rows, wanted.unpack(logits)
     model.train(was)
 
 

@@ -43,8 +43,9 @@ def _ppo_loss_call(stage: RLStage, learner: Learner, m: Micro, logp, old, w):
 def micro_terms(stage: RLStage, learner: Learner, m: Micro) -> Terms:
     """Forward of micro-batch `m` under `learner`'s policy, the stage's loss on it, and d loss / d logp."""
     e = m.exp
-    logits = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
-    graph, _ = logprobs_and_entropy(logits, e.response_ids)
+    logits, wanted = response_logits(learner.model, e.seq, e.attn, e.response_len, e.temperature)
+    graph = wanted.unpack(logprobs_and_entropy(logits, wanted.pack(e.response_ids))[0])
+    logits = wanted.unpack(logits)
     logp = graph.detach().requires_grad_()
     old = e.old_logp if e.old_logp is not None else logp.detach()
     w = None
