@@ -169,6 +169,20 @@ class Packed:
         """[B] packed index of each row's last kept position (rows must keep at least one)."""
         return self.counts.cumsum(0) - 1
 
+    def ranks(self, positions: torch.Tensor) -> torch.Tensor:
+        """[M] packed index of each of `positions` [B, T] bool (kept ones), in row-by-row order."""
+        kept = torch.zeros(self.B * self.T, dtype=torch.long, device=self.index.device)
+        kept[self.index] = 1
+        return (kept.cumsum(0) - 1)[positions.reshape(-1).nonzero().squeeze(-1)]
+
+
+def feed_for(wanted: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: the positions a pass must run for the hidden states at `wanted` to be exact: the
+    wanted ones and every real token before a row's last wanted one (the keys they attend to); what
+    follows a row's last wanted position, and padding, is never needed."""
+    later = (wanted.flip(-1).long().cumsum(-1).flip(-1) - wanted.long()) > 0
+    return wanted | (real.bool() & later)
+
 
 # ----------------------------------------------------------------------------- blocks
 # rows x heads x head_dim from which decode_attention beats SDPA on CPU (measured on 2 cores:
@@ -415,6 +429,18 @@ class MiniMindModel(nn.Module):
         aux = sum((layer.mlp.aux_loss for layer in self.layers if isinstance(layer.mlp, MoEFeedForward)),
                   x.new_zeros(()))
         return self.norm(x), aux
+
+    def hidden_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, wanted: torch.Tensor,
+                  cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final hidden states [N, H] at the N `wanted` positions [B, T] (bool), row by row; MoE aux
+        loss). Only those positions and the real tokens before them run through the position-wise
+        layers (`feed_for`): padding and whatever follows a row's last wanted position are skipped.
+        With a `cache`, `attention_mask` covers the cached positions too, as in `forward`."""
+        T = input_ids.shape[1]
+        real = torch.ones_like(wanted) if attention_mask is None else attention_mask[:, -T:].bool()
+        packed = Packed(feed_for(wanted, real))
+        h, aux = self(input_ids, attention_mask, cache=cache, packed=packed)
+        return h.index_select(0, packed.ranks(wanted)), aux
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:

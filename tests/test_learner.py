@@ -103,6 +103,28 @@ def test_micro_batches_give_the_big_batch_gradient(kind):
         torch.testing.assert_close(small[n], big[n], atol=1e-6, rtol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize("moe", [False, True])
+def test_lm_loss_runs_only_the_positions_it_needs_and_equals_the_padded_forward(moe):
+    """SFT rows of different lengths with an unlabelled prompt: the loss and gradient of one training
+    step are those of the plain padded forward (model(..., labels=...)), and the decoder's position-wise
+    layers see only the labelled positions and the tokens before them (padding and each row's last
+    token skipped). MoE stays padded: its load-balance loss is per padded row, as MiniMind's."""
+    model, batch = _lm(use_moe=moe), _lm_batch()
+    learner = Learner(copy.deepcopy(model), LMStage(), OptimConfig(lr=1e-3, grad_clip=0))
+    rows_seen = []
+    learner.model.model.layers[0].post_attention_layernorm.register_forward_hook(
+        lambda _m, args, _out: rows_seen.append(args[0].shape[:-1].numel()))
+    stats = learner.train_step(batch)
+    plain = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    plain.backward()
+    assert stats["loss"] == pytest.approx(float(plain.detach()), abs=1e-6)
+    for n, p in learner.model.named_parameters():
+        torch.testing.assert_close(p.grad, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-5, msg=n)
+    B, T = batch["input_ids"].shape
+    lengths = batch["attention_mask"].sum(1)
+    assert rows_seen == [B * T if moe else int((lengths - 1).sum())]
+
+
 # ----------------------------------------------------------------------------- resume
 class _ListDataset(list):
     collate = staticmethod(collate_lm)

@@ -60,30 +60,26 @@ def response_hidden(trunk: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: 
     """([N, H] final hidden states of a MiniMind trunk (`model.model`) at the positions that predict each
     of the N real response tokens, where those tokens sit in [B, R]).
 
-    The distinct prompts go through the trunk once (PromptKV), then the responses behind them with the
-    padding packed away (`Packed`): only the positions whose hidden state is wanted (each one before a
-    real response token) or whose keys are (each real token before such a position) run through the
-    position-wise layers; a right-padded row (the contract's layout) feeds its real tokens but the last."""
+    The distinct prompts go through the trunk once (PromptKV), then the responses behind them, each pass
+    with its padding packed away (`MiniMindModel.hidden_at`): a right-padded response (the contract's
+    layout) runs its real tokens but the last, whose hidden state predicts nothing."""
     P = seq.shape[1] - R
     if P < 1:
         raise ValueError(f"response_hidden: sequences of {seq.shape[1]} tokens hold no prompt before their "
                          f"{R} response tokens; the first response token needs a prompt token to predict it")
-    resp = attn[:, P:].bool()
-    predicts = F.pad(resp[:, 1:], (0, 1), value=False)                  # the next position is a real token
-    before_last = resp.flip(-1).long().cumsum(-1).flip(-1) > resp.long()  # a real token comes later
-    fed = predicts | (resp & before_last)
     first, inverse = distinct_prompts(seq, attn, P)
     kv = PromptKV()
-    prompts = Packed(attn[first, :P].bool() | (torch.arange(P, device=seq.device) == P - 1))
-    h_prompt, _ = trunk(seq[first, :P], attn[first, :P], cache=kv, packed=prompts)
-    last = h_prompt.index_select(0, prompts.last_of_rows())              # [U, H] at each prompt's position P-1
-    h_resp, _ = trunk(seq[:, P:], attn, cache=kv.rows(inverse), packed=Packed(fed))
+    at_end = (torch.arange(P, device=seq.device) == P - 1).expand(len(first), P)
+    last, _ = trunk.hidden_at(seq[first, :P], attn[first, :P], at_end, cache=kv)   # [U, H] position P-1
+    resp = attn[:, P:].bool()
+    predicts = F.pad(resp[:, 1:], (0, 1), value=False)                  # the next position is a real token
+    h_resp, _ = trunk.hidden_at(seq[:, P:], attn, predicts, cache=kv.rows(inverse))
     # response token t of row b is predicted by its prompt's last hidden state (t = 0), else by the
     # response pass at t - 1: one gather from [last; h_resp]
     wanted = Packed(resp)
     b, t = wanted.index // R, wanted.index % R
-    fed_rank = fed.reshape(-1).long().cumsum(0) - 1
-    src = torch.where(t == 0, inverse[b], len(first) + fed_rank[(wanted.index - 1).clamp_min(0)])
+    rank = predicts.reshape(-1).long().cumsum(0) - 1
+    src = torch.where(t == 0, inverse[b], len(first) + rank[(wanted.index - 1).clamp_min(0)])
     return torch.cat([last, h_resp]).index_select(0, src), wanted
 
 

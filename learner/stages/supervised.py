@@ -11,11 +11,25 @@ import torch
 from torch import nn
 
 from minimind.data import IGNORE_INDEX
-from minimind.model import last_token_values, shift_labels
+from minimind.model import MiniMindForCausalLM, last_token_values, shift_labels
 
 from ..learner import Learner, StepPlan, batch_rows, split_rows, take_rows
 from ..losses import bradley_terry_loss, distill_loss, dpo_loss, lm_loss, logprobs_from_logits
 from ..losses.core import masked_sum
+
+
+PACK_BELOW = 0.9
+"""Pack a batch when fewer than this share of its positions carry a label: below it, skipping padding
+and unlabelled positions (an SFT chat's prompt) pays for the packing's gathers; a pretraining block
+(every position labelled but the last) runs as it is, on the fused causal attention."""
+
+
+def packs(model: nn.Module, wanted: torch.Tensor, attn: torch.Tensor | None) -> bool:
+    """Whether an LM loss on `model` runs packed (MiniMindModel.hidden_at). MoE models never do: their
+    load-balance loss is per padded row, as MiniMind computes it."""
+    if not isinstance(model, MiniMindForCausalLM) or model.config.use_moe:
+        return False
+    return float(wanted.float().mean()) < PACK_BELOW
 
 
 def token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
@@ -80,11 +94,19 @@ class LMStage(StageBase):
         return StepPlan([self._micro(learner, batch, global_tokens=tokens)])
 
     def loss(self, learner: Learner, m: dict):
-        out = learner.model(m["input_ids"], attention_mask=m.get("attention_mask"))
-        loss, stats = lm_loss(out.logits, shift_labels(m["labels"]), global_tokens=m["global_tokens"])
-        if out.aux_loss is not None and out.aux_loss.requires_grad:
-            loss = loss + out.aux_loss * m["weight"]  # MoE load balance, row-weighted like the CE
-            stats["aux_loss"] = float(out.aux_loss)
+        model, ids, attn = learner.model, m["input_ids"], m.get("attention_mask")
+        target = shift_labels(m["labels"])
+        wanted = target != IGNORE_INDEX
+        if packs(model, wanted, attn):
+            h, aux = model.model.hidden_at(ids, attn, wanted)
+            logits, target = model.lm_head(h), target[wanted]
+        else:
+            out = model(ids, attention_mask=attn)
+            logits, aux = out.logits, out.aux_loss
+        loss, stats = lm_loss(logits, target, global_tokens=m["global_tokens"])
+        if aux is not None and aux.requires_grad:
+            loss = loss + aux * m["weight"]  # MoE load balance, row-weighted like the CE
+            stats["aux_loss"] = float(aux)
         return loss, stats
 
 
