@@ -21,12 +21,21 @@ loaded with MiniMind's own initial weights (the first losses must agree). Rows: 
 `ours_tok_s, minimind_tok_s, ratio` (ours / MiniMind, median of per-repeat ratios). Nothing of the
 checkout is copied into this repository; no test depends on it.
 
+`--workload sft` (with `--minimind-path`) times the same comparison on SFT rows instead of full
+pretraining blocks: the built-in synthetic math chats (40% with worked steps, as the headline's SFT)
+rendered by MiniMind's own tokenizer from the checkout, loss on the assistant turns. MiniMind's
+`SFTDataset` pads every row to one `max_seq_len`; its side gets the shortest one that keeps every row
+whole (`minimind`), and, as a stronger peer than its trainer, rows padded to each batch's longest
+(`minimind_trimmed`). Ours runs `LMStage` on the collated rows (padding and unlabelled positions
+packed away). Rates count label tokens (the same work for every side).
+
 Usage: python -m bench.train [--quick] [--append] [--presets minimind2-small,tiny] [--steps 3]
        [--minimind-path DIR] [--no-hf]
 """
 from __future__ import annotations
 
 import importlib
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +47,7 @@ from runtime import set_openmp_env
 if "torch" not in sys.modules:   # else imported by a bench script that set it before its torch import
     set_openmp_env(overlapping=False)
 
+import numpy as np
 import torch
 
 from bench.common import (base_parser, emit, environment, interleaved, log, matmul_peak_flops,
@@ -47,7 +57,11 @@ from learner.learner import Learner
 from learner.stages import LMStage
 from minimind.checkpoint import export_hf
 from minimind.config import preset
+from minimind.data.collate import collate_lm
+from minimind.data.supervised import sft_example
+from minimind.data.synthetic_math import generate_problems, sft_records
 from minimind.model import MiniMindForCausalLM
+from minimind.tokenizer import MiniMindTokenizer
 
 NOMINAL_PEAK = 165e9  # fp32 GFLOP/s on 2 idle cores (shared/ENVIRONMENT.md)
 SHAPES = {  # (batch, seq) per preset on CPU
@@ -173,9 +187,8 @@ def minimind_model_code(path: str):
     return importlib.import_module("model.model_minimind")
 
 
-def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
-    """Ours vs MiniMind's model code, same shape and initial weights, trained as MiniMind's pretrain loop."""
-    B, T = shape(name, args)
+def minimind_pair(name: str, args, code) -> tuple[MiniMindForCausalLM, torch.nn.Module]:
+    """(ours, MiniMind's model) of preset `name` with q/k norm and MiniMind's initial weights."""
     c = preset(name, qk_norm=True)
     torch.manual_seed(args.seed)
     theirs = code.MiniMindForCausalLM(code.MiniMindConfig(
@@ -189,6 +202,13 @@ def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
     missing = {k for k in ours.state_dict()} - {k for k in theirs.state_dict()}
     if missing:
         raise SystemExit(f"MiniMind's model at --minimind-path lacks {sorted(missing)[:3]}: another layout")
+    return ours, theirs
+
+
+def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
+    """Ours vs MiniMind's model code, same shape and initial weights, trained as MiniMind's pretrain loop."""
+    B, T = shape(name, args)
+    ours, theirs = minimind_pair(name, args, code)
 
     def forward(b):
         res = theirs(b["input_ids"], labels=b["labels"])   # as trainer/train_pretrain.py calls it
@@ -206,6 +226,64 @@ def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
     return row
 
 
+def sft_rows(minimind_root: Path, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of `n` built-in SFT chats rendered by MiniMind's tokenizer and template."""
+    tok = MiniMindTokenizer.load(minimind_root / "model")
+    chats = sft_records(generate_problems(n, seed=seed), worked_fraction=0.4)
+    return [sft_example(tok, c["conversations"], max_len=4096) for c in chats]
+
+
+def padded(rows: list[tuple[list[int], list[int]]], length: int | None = None) -> dict:
+    """Rows right-padded to `length` (None: the longest row), labels -100 on the padding."""
+    items = [{"input_ids": np.asarray(i), "labels": np.asarray(lab)} for i, lab in rows]
+    b = collate_lm(items)
+    if length is not None:
+        extra = length - b["input_ids"].shape[1]
+        b = {k: torch.nn.functional.pad(v, (0, extra), value=-100 if k == "labels" else 0) for k, v in b.items()}
+    return b
+
+
+def bench_vs_minimind_sft(name: str, args, code) -> dict:
+    """Ours vs MiniMind's model code on SFT rows: its fixed-length padding, and rows trimmed per batch."""
+    B = args.batch or 16                           # trainer/train_full_sft.py's default batch
+    n_batches = args.steps * (args.repeats + args.warmup) + 1
+    rows = sft_rows(Path(args.minimind_path).expanduser(), B * n_batches, args.seed)
+    fixed = max(len(i) for i, _ in rows)          # the shortest max_seq_len that keeps every row whole
+    groups = [rows[i * B:(i + 1) * B] for i in range(n_batches)]
+    trimmed, fixed_b = [padded(g) for g in groups], [padded(g, fixed) for g in groups]
+    ours, theirs = minimind_pair(name, args, code)
+    learner = Learner(ours, LMStage(), OPTIM)
+    peer = peer_step(theirs, lambda b: (lambda r: r.loss + r.aux_loss)(theirs(b["input_ids"], labels=b["labels"])))
+    first = {"ours": learner.train_step(trimmed[0])["loss"], "minimind": peer(fixed_b[0])}
+    pos = {"ours": 1, "minimind": 1, "minimind_trimmed": 1}
+    data = {"ours": trimmed, "minimind": fixed_b, "minimind_trimmed": trimmed}
+
+    def run(side):
+        def go():
+            for _ in range(args.steps):
+                b = data[side][pos[side] % n_batches]
+                pos[side] += 1
+                learner.train_step(b) if side == "ours" else peer(b)
+        return go
+    labels = float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in trimmed[1:1 + args.steps]))
+    lengths = [len(i) for i, _ in rows]
+    log(f"[{name} sft] batch {B}, rows of {min(lengths)}-{max(lengths)} tokens (MiniMind pads to {fixed}) ...")
+    r = interleaved({k: run(k) for k in data}, repeats=args.repeats, warmup=args.warmup,
+                    work={k: labels for k in data})
+    ratio = lambda peer_side: round(statistics.median(a / b for a, b in zip(r["ours"]["rates"], r[peer_side]["rates"])), 3)  # noqa: E731
+    row = {"preset": name, "qk_norm": True, "workload": "sft", "batch": B, "row_tokens_min_mean_max":
+           [min(lengths), round(statistics.mean(lengths), 1), max(lengths)], "minimind_pads_to": fixed,
+           "steps_per_repeat": args.steps, "first_loss": {k: round(v, 5) for k, v in first.items()},
+           "ours_label_tok_s": r["ours"]["rate"], "minimind_label_tok_s": r["minimind"]["rate"],
+           "minimind_trimmed_label_tok_s": r["minimind_trimmed"]["rate"],
+           "ratio": ratio("minimind"), "ratio_vs_trimmed": ratio("minimind_trimmed"),
+           "ours_s": r["ours"]["seconds"], "minimind_s": r["minimind"]["seconds"],
+           "minimind_trimmed_s": r["minimind_trimmed"]["seconds"]}
+    log(f"    ours {row['ours_label_tok_s']} label tok/s, MiniMind {row['minimind_label_tok_s']} "
+        f"(trimmed {row['minimind_trimmed_label_tok_s']}): ratio {row['ratio']} / {row['ratio_vs_trimmed']}")
+    return row
+
+
 def main() -> None:
     p = base_parser(__doc__.split("\n")[0])
     p.add_argument("--presets", default="minimind2-small,tiny")
@@ -215,6 +293,8 @@ def main() -> None:
     p.add_argument("--minimind-path", default=None,
                    help="a checkout of github.com/jingyaogong/minimind: also time ours vs its model code")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--workload", default="pretrain", choices=("pretrain", "sft", "both"),
+                   help="what the MiniMind comparison trains on: full pretraining blocks, SFT rows, or both")
     args = p.parse_args()
     setup(args)
     code = minimind_model_code(args.minimind_path) if args.minimind_path else None
@@ -230,7 +310,11 @@ def main() -> None:
         # peak measured before and after; the higher one (less disturbed) is the denominator
         names = args.presets.split(",")
         rows = [] if args.no_hf else [bench_preset(name, args, Path(tmp), peak_before) for name in names]
-        vs_minimind = [bench_vs_minimind(name, args, code, peak_before) for name in names] if code else []
+        vs_minimind = []
+        if code and args.workload in ("pretrain", "both"):
+            vs_minimind += [bench_vs_minimind(name, args, code, peak_before) for name in names]
+        if code and args.workload in ("sft", "both"):
+            vs_minimind += [bench_vs_minimind_sft(name, args, code) for name in names]
     peak = max(peak_before, matmul_peak_flops())
     for row in rows:
         for side in ("ours", "hf"):
