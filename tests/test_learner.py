@@ -17,7 +17,8 @@ from learner.supervised import train_loop
 from minimind.config import preset
 from minimind.data.datasets import BatchIterator, collate_lm
 from minimind.lora import LoRAConfig, apply_lora, lora_parameters, merge_lora
-from minimind.model import MiniMindForCausalLM, MiniMindScoreModel
+from learner.losses import distill_loss, dpo_loss
+from minimind.model import MiniMindForCausalLM, MiniMindScoreModel, shift_labels
 
 V = 100
 
@@ -103,26 +104,52 @@ def test_micro_batches_give_the_big_batch_gradient(kind):
         torch.testing.assert_close(small[n], big[n], atol=1e-6, rtol=1e-5, msg=n)
 
 
-@pytest.mark.parametrize("moe", [False, True])
-def test_lm_loss_runs_only_the_positions_it_needs_and_equals_the_padded_forward(moe):
-    """SFT rows of different lengths with an unlabelled prompt: the loss and gradient of one training
-    step are those of the plain padded forward (model(..., labels=...)), and the decoder's position-wise
-    layers see only the labelled positions and the tokens before them (padding and each row's last
-    token skipped). MoE stays padded: its load-balance loss is per padded row, as MiniMind's."""
-    model, batch = _lm(use_moe=moe), _lm_batch()
-    learner = Learner(copy.deepcopy(model), LMStage(), OptimConfig(lr=1e-3, grad_clip=0))
+def _plain_seq_logprobs(model, ids, attn, mask):
+    """The straightforward computation: every position's logits, summed over the masked tokens."""
+    lp = torch.log_softmax(model(ids, attention_mask=attn).logits[:, :-1].float(), -1)
+    return (lp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]).sum(-1)
+
+
+def _plain_loss(kind, model, ref, batch):
+    if kind in ("lm", "moe"):
+        return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    if kind == "distill":
+        with torch.no_grad():
+            teacher = ref(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        student = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return distill_loss(student, teacher, shift_labels(batch["labels"]), alpha=0.3, temperature=2.0)[0]
+    sides = [[_plain_seq_logprobs(m, batch[f"{s}_ids"], batch[f"{s}_attention_mask"], batch[f"{s}_mask"])
+              for s in ("chosen", "rejected")] for m in (model, ref)]
+    with torch.no_grad():
+        refs = sides[1]
+    return dpo_loss(*sides[0], *refs, 0.5, 0.0)[0]
+
+
+@pytest.mark.parametrize("kind", ["lm", "moe", "dpo", "distill"])
+def test_losses_run_only_the_positions_they_need_and_equal_the_padded_forward(kind):
+    """Rows of different lengths with an unlabelled prompt: one training step's loss and gradient are
+    those of the plain padded forward over every position, and the decoder's position-wise layers see
+    only the labelled positions and the tokens before them (padding and each row's last token skipped).
+    MoE stays padded: its load-balance loss is per padded row, as MiniMind's."""
+    model, ref = _lm(use_moe=kind == "moe"), _lm(seed=1)
+    stage = {"dpo": DPOStage(beta=0.5), "distill": DistillStage(alpha=0.3, temperature=2.0)}.get(kind, LMStage())
+    batch = _pair_batch() if kind == "dpo" else _lm_batch()
+    learner = Learner(copy.deepcopy(model), stage, OptimConfig(lr=1e-3, grad_clip=0),
+                      ref_model=copy.deepcopy(ref) if kind in ("dpo", "distill") else None)
     rows_seen = []
     learner.model.model.layers[0].post_attention_layernorm.register_forward_hook(
         lambda _m, args, _out: rows_seen.append(args[0].shape[:-1].numel()))
     stats = learner.train_step(batch)
-    plain = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    plain = _plain_loss(kind, model, ref, batch)
     plain.backward()
     assert stats["loss"] == pytest.approx(float(plain.detach()), abs=1e-6)
     for n, p in learner.model.named_parameters():
         torch.testing.assert_close(p.grad, dict(model.named_parameters())[n].grad, atol=1e-6, rtol=1e-5, msg=n)
-    B, T = batch["input_ids"].shape
-    lengths = batch["attention_mask"].sum(1)
-    assert rows_seen == [B * T if moe else int((lengths - 1).sum())]
+    if kind == "dpo":   # chosen and rejected in one pass; the labelled tokens are the responses
+        attn = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]])
+    else:
+        attn = batch["attention_mask"]
+    assert rows_seen == [attn.numel() if kind == "moe" else int((attn.sum(1) - 1).sum())]
 
 
 # ----------------------------------------------------------------------------- resume

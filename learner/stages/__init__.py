@@ -5,8 +5,8 @@ from .logprobs import logprobs_and_entropy, response_logits, response_logprobs
 from .ppo import PPOStage
 from .rl_common import RLStage, RLUpdateConfig
 from .spo import SPOStage
-from .supervised import DistillStage, DPOStage, LMStage, RewardModelStage, StageBase, token_logprobs
+from .supervised import DistillStage, DPOStage, LMStage, RewardModelStage, StageBase, sequence_logprobs
 
-__all__ = ["StageBase", "LMStage", "DPOStage", "DistillStage", "RewardModelStage", "token_logprobs",
+__all__ = ["StageBase", "LMStage", "DPOStage", "DistillStage", "RewardModelStage", "sequence_logprobs",
            "RLStage", "RLUpdateConfig", "GRPOStage", "ZeroVarianceFilter", "PPOStage", "SPOStage",
            "response_logits", "response_logprobs", "logprobs_and_entropy"]

@@ -24,18 +24,34 @@ and unlabelled positions (an SFT chat's prompt) pays for the packing's gathers; 
 (every position labelled but the last) runs as it is, on the fused causal attention."""
 
 
-def packs(model: nn.Module, wanted: torch.Tensor, attn: torch.Tensor | None) -> bool:
-    """Whether an LM loss on `model` runs packed (MiniMindModel.hidden_at). MoE models never do: their
-    load-balance loss is per padded row, as MiniMind computes it."""
-    if not isinstance(model, MiniMindForCausalLM) or model.config.use_moe:
-        return False
-    return float(wanted.float().mean()) < PACK_BELOW
+def packs(wanted: torch.Tensor, *models: nn.Module) -> bool:
+    """Whether a loss at the `wanted` positions [B, T] of `models` runs packed (MiniMindModel.hidden_at).
+    MoE models never do: their load-balance loss is per padded row, as MiniMind computes it."""
+    dense = all(isinstance(m, MiniMindForCausalLM) and not m.config.use_moe for m in models)
+    return dense and float(wanted.float().mean()) < PACK_BELOW
 
 
-def token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-    """[B, T-1] log p(ids[:, t+1] | ids[:, :t+1])."""
-    logits = model(ids, attention_mask=attn).logits
-    return logprobs_from_logits(logits[:, :-1].float(), ids[:, 1:])
+def labelled_logits(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor | None, target: torch.Tensor,
+                    packed: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(logits, their targets, MoE aux loss) for next-token targets [B, T] (-100: no label): packed, only
+    the labelled positions ([N, V] and [N]); else every position ([B, T, V] and the targets as given)."""
+    if packed:
+        wanted = target != IGNORE_INDEX
+        h, aux = model.model.hidden_at(ids, attn, wanted)
+        return model.lm_head(h), target[wanted], aux
+    out = model(ids, attention_mask=attn)
+    return out.logits, target, out.aux_loss
+
+
+def sequence_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] sum of log p(ids[:, t]) over the positions t where `mask` [B, T] is 1 (a response)."""
+    target = shift_labels(ids.masked_fill(mask == 0, IGNORE_INDEX))
+    wanted = target != IGNORE_INDEX
+    logits, target, _ = labelled_logits(model, ids, attn, target, packs(wanted, model))
+    lp = logprobs_from_logits(logits.float(), target.clamp_min(0))
+    if lp.dim() == 1:                              # packed: sum each row's positions
+        return lp.new_zeros(len(ids)).index_add(0, wanted.nonzero()[:, 0], lp)
+    return masked_sum(lp, wanted, dim=-1)
 
 
 class StageBase:
@@ -94,19 +110,13 @@ class LMStage(StageBase):
         return StepPlan([self._micro(learner, batch, global_tokens=tokens)])
 
     def loss(self, learner: Learner, m: dict):
-        model, ids, attn = learner.model, m["input_ids"], m.get("attention_mask")
         target = shift_labels(m["labels"])
-        wanted = target != IGNORE_INDEX
-        if packs(model, wanted, attn):
-            h, aux = model.model.hidden_at(ids, attn, wanted)
-            logits, target = model.lm_head(h), target[wanted]
-        else:
-            out = model(ids, attention_mask=attn)
-            logits, aux = out.logits, out.aux_loss
+        logits, target, aux = labelled_logits(learner.model, m["input_ids"], m.get("attention_mask"), target,
+                                              packs(target != IGNORE_INDEX, learner.model))
         loss, stats = lm_loss(logits, target, global_tokens=m["global_tokens"])
         if aux is not None and aux.requires_grad:
             loss = loss + aux * m["weight"]  # MoE load balance, row-weighted like the CE
-            stats["aux_loss"] = float(aux)
+            stats["aux_loss"] = float(aux.detach())
         return loss, stats
 
 
@@ -123,9 +133,8 @@ class DPOStage(StageBase):
         # one forward over chosen and rejected stacked: half the kernel launches
         ids = torch.cat([m["chosen_ids"], m["rejected_ids"]])
         attn = torch.cat([m["chosen_attention_mask"], m["rejected_attention_mask"]])
-        mask = torch.cat([m["chosen_mask"], m["rejected_mask"]])[:, 1:]
-        seq = masked_sum(token_logprobs(model, ids, attn), mask, dim=-1)
-        return seq.chunk(2)
+        mask = torch.cat([m["chosen_mask"], m["rejected_mask"]])
+        return sequence_logprobs(model, ids, attn, mask).chunk(2)
 
     def plan(self, learner: Learner, batch: dict) -> StepPlan:
         if learner.ref_model is None:
@@ -159,12 +168,14 @@ class DistillStage(StageBase):
         return StepPlan([self._micro(learner, batch, global_tokens=tokens)])
 
     def loss(self, learner: Learner, m: dict):
+        ids, attn, target = m["input_ids"], m.get("attention_mask"), shift_labels(m["labels"])
+        packed = packs(target != IGNORE_INDEX, learner.model, learner.ref_model)
         with torch.no_grad():
-            teacher = learner.ref_model(m["input_ids"], attention_mask=m.get("attention_mask")).logits
-        student = learner.model(m["input_ids"], attention_mask=m.get("attention_mask")).logits
+            teacher, _, _ = labelled_logits(learner.ref_model, ids, attn, target, packed)
+        student, target, _ = labelled_logits(learner.model, ids, attn, target, packed)
         if teacher.shape[-1] != student.shape[-1]:
             raise ValueError(f"teacher vocab {teacher.shape[-1]} != student vocab {student.shape[-1]}")
-        return distill_loss(student, teacher, shift_labels(m["labels"]), alpha=self.alpha,
+        return distill_loss(student, teacher, target, alpha=self.alpha,
                             temperature=self.temperature, global_tokens=m["global_tokens"])
 
 
