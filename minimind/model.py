@@ -151,10 +151,6 @@ class Packed:
     def __init__(self, keep: torch.Tensor):
         self.B, self.T = keep.shape
         self.index = keep.reshape(-1).nonzero().squeeze(-1)      # [N] flat positions in B*T
-        self.counts = keep.sum(-1)                                # [B] kept positions of each row
-
-    def __len__(self) -> int:
-        return len(self.index)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [N, ...]"""
@@ -164,10 +160,6 @@ class Packed:
         """[N, ...] -> [B, T, ...], zeros where nothing was kept (differentiable)."""
         out = x.new_zeros(self.B * self.T, *x.shape[1:]).index_copy(0, self.index, x)
         return out.view(self.B, self.T, *x.shape[1:])
-
-    def last_of_rows(self) -> torch.Tensor:
-        """[B] packed index of each row's last kept position (rows must keep at least one)."""
-        return self.counts.cumsum(0) - 1
 
     def ranks(self, positions: torch.Tensor) -> torch.Tensor:
         """[M] packed index of each of `positions` [B, T] bool (kept ones), in row-by-row order."""

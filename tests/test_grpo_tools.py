@@ -40,6 +40,7 @@ def tool_run(ray_local, tmp_path_factory) -> tuple[Path, subprocess.CompletedPro
     return run_dir, out
 
 
+@pytest.mark.slow
 def test_grpo_tools_cli(tool_run):
     run_dir, out = tool_run
     assert "[tool-sft] 8 easy tool-use chats + 4 plain chats + 4 copy chats, 2 steps" in out.stdout
@@ -62,6 +63,7 @@ def test_grpo_tools_cli(tool_run):
         assert (run_dir / name).is_file(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, field", [("dapo", "overlong_max_len"), ("dr_grpo", "max_response_len")])
 def test_length_losses_take_the_episode_budget(tool_run, ray_local, tmp_path, loss, field):
     """An episode's response is its turns and the observations between them, up to --env.max-total-tokens

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from minimind.data.readers import iter_rows
 from rl_helpers import run_grpo_math
 
@@ -15,6 +17,7 @@ def questions(path) -> set[str]:
     return {row.get("prompt") or row.get("question") for _, row in iter_rows(path)}
 
 
+@pytest.mark.slow
 def test_headline_run_curve_slices_and_data_split(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     run = tmp_path / "headline"

@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -164,6 +165,7 @@ def _rank_main(rank: int, port: int, out: Path) -> None:
         torch.save(results, out / "two_ranks.pt")
 
 
+@pytest.mark.slow
 def test_two_ranks_update_like_one_learner_for_every_stage(tmp_path, one_thread):
     # the ranks meet at a store this process serves, on a port bound from the start (a port picked free and
     # bound later by rank 0 can be taken in between by whatever else runs on the machine)

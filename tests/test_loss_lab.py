@@ -149,6 +149,7 @@ def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_recorded_step_replays_to_the_runs_loss(ray_local, tiny, tmp_path):
     """A real short GRPO run records its batches; each recorded step, trained again from its record by the
     run's own stage, gives the loss the run logged in metrics.jsonl, exactly; the lab takes a recorded

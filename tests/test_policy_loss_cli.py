@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rl_helpers import ROOT, run_grpo_math, train_rows
 
 def _all_train_rows(run_dir) -> list[dict]:
@@ -39,6 +41,7 @@ def test_help_shows_every_loss_section_with_its_defaults():
     assert default("--dr-grpo.clip.agg-mode STR") == "seq-mean-token-sum-norm"
     assert (default("--grpo.clip.eps-high FLOAT"), default("--grpo.kl.coef FLOAT")) == ("0.28", "0.01")
 
+@pytest.mark.slow
 def test_dapo_and_int8_cispo_runs(ray_local, tmp_path):
     address = ray_local.get_runtime_context().gcs_address
     dapo = tmp_path / "dapo"

@@ -46,6 +46,7 @@ from runtime.ports import port_below_ephemeral_range
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 DEADLINE_S = 600
+pytestmark = pytest.mark.slow   # every test here starts and kills whole runs
 
 
 @pytest.fixture(scope="module")

@@ -182,6 +182,7 @@ def test_killed_rollout_worker_is_restarted_and_the_run_completes(actors):
 PEAK_MB_BOUND = 800
 
 
+@pytest.mark.slow
 def test_grpo_math_end_to_end_exact_resume_and_seed(ray_local, tmp_path):
     """The real script: bootstrap, evaluate, train, checkpoint every step. A run stopped after step 2
     and resumed reproduces the uninterrupted run's metrics step for step (prompt order, rollout seeds

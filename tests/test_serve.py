@@ -165,6 +165,7 @@ def test_load_64_chat_and_16_streaming_each_equals_alone(server):
     assert max(seen) >= 32, f"requests were not batched together: {seen}"
 
 
+@pytest.mark.slow
 def test_live_weights_push_changes_answers_and_survives_replica_restart(server, client, tmp_path):
     import ray
 

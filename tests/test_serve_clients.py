@@ -172,6 +172,7 @@ def run_lm_eval(tmp: Path, model: str, model_args: str, task: str, *extra: str) 
     return {r["doc_id"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_lm_eval_scores_choices_and_generates_through_the_server(server, tmp_path):
     try:
         import lm_eval  # noqa: F401

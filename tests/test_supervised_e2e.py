@@ -85,6 +85,7 @@ def test_sft_from_pretrain_then_eval(pretrained, tmp_path, capsys):
     assert len(reports) == 1 and reports[0].endswith("the held-out curve's last point"), reports
 
 
+@pytest.mark.slow
 def test_sft_on_two_learner_ranks_is_the_one_learner_run_and_resumes_on_one(pretrained, tmp_path):
     """`experiments/sft.py --learner.world-size 2` (two Ray actors, gloo): each rank trains its half of
     every batch, and the run is the one-learner run (losses, gradient norms), its metrics and checkpoint
