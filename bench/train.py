@@ -187,8 +187,9 @@ def minimind_model_code(path: str):
     return importlib.import_module("model.model_minimind")
 
 
-def minimind_pair(name: str, args, code) -> tuple[MiniMindForCausalLM, torch.nn.Module]:
-    """(ours, MiniMind's model) of preset `name` with q/k norm and MiniMind's initial weights."""
+def minimind_pair(name: str, args, code) -> tuple[MiniMindForCausalLM, callable]:
+    """(ours, a training step on MiniMind's model) of preset `name` with q/k norm and MiniMind's initial
+    weights; the step calls the model as trainer/train_pretrain.py and train_full_sft.py do."""
     c = preset(name, qk_norm=True)
     torch.manual_seed(args.seed)
     theirs = code.MiniMindForCausalLM(code.MiniMindConfig(
@@ -202,18 +203,18 @@ def minimind_pair(name: str, args, code) -> tuple[MiniMindForCausalLM, torch.nn.
     missing = {k for k in ours.state_dict()} - {k for k in theirs.state_dict()}
     if missing:
         raise SystemExit(f"MiniMind's model at --minimind-path lacks {sorted(missing)[:3]}: another layout")
-    return ours, theirs
+
+    def forward(b):
+        res = theirs(b["input_ids"], labels=b["labels"])
+        return res.loss + res.aux_loss
+    return ours, peer_step(theirs, forward)
 
 
 def bench_vs_minimind(name: str, args, code, peak: float) -> dict:
     """Ours vs MiniMind's model code, same shape and initial weights, trained as MiniMind's pretrain loop."""
     B, T = shape(name, args)
-    ours, theirs = minimind_pair(name, args, code)
-
-    def forward(b):
-        res = theirs(b["input_ids"], labels=b["labels"])   # as trainer/train_pretrain.py calls it
-        return res.loss + res.aux_loss
-    r, first = time_pair(name, ours, "minimind", peer_step(theirs, forward), args)
+    ours, peer = minimind_pair(name, args, code)
+    r, first = time_pair(name, ours, "minimind", peer, args)
     fpt = flops_per_token(ours, T)
     row = {"preset": name, "qk_norm": True, "batch": B, "seq": T, "steps_per_repeat": args.steps,
            "first_loss": {k: round(v, 5) for k, v in first.items()},
@@ -251,9 +252,8 @@ def bench_vs_minimind_sft(name: str, args, code) -> dict:
     fixed = max(len(i) for i, _ in rows)          # the shortest max_seq_len that keeps every row whole
     groups = [rows[i * B:(i + 1) * B] for i in range(n_batches)]
     trimmed, fixed_b = [padded(g) for g in groups], [padded(g, fixed) for g in groups]
-    ours, theirs = minimind_pair(name, args, code)
+    ours, peer = minimind_pair(name, args, code)
     learner = Learner(ours, LMStage(), OPTIM)
-    peer = peer_step(theirs, lambda b: (lambda r: r.loss + r.aux_loss)(theirs(b["input_ids"], labels=b["labels"])))
     first = {"ours": learner.train_step(trimmed[0])["loss"], "minimind": peer(fixed_b[0])}
     pos = {"ours": 1, "minimind": 1, "minimind_trimmed": 1}
     data = {"ours": trimmed, "minimind": fixed_b, "minimind_trimmed": trimmed}
@@ -270,7 +270,9 @@ def bench_vs_minimind_sft(name: str, args, code) -> dict:
     log(f"[{name} sft] batch {B}, rows of {min(lengths)}-{max(lengths)} tokens (MiniMind pads to {fixed}) ...")
     r = interleaved({k: run(k) for k in data}, repeats=args.repeats, warmup=args.warmup,
                     work={k: labels for k in data})
-    ratio = lambda peer_side: round(statistics.median(a / b for a, b in zip(r["ours"]["rates"], r[peer_side]["rates"])), 3)  # noqa: E731
+
+    def ratio(peer_side: str) -> float:   # median of the per-repeat ratios, as `interleaved` gives for two sides
+        return round(statistics.median(a / b for a, b in zip(r["ours"]["rates"], r[peer_side]["rates"])), 3)
     row = {"preset": name, "qk_norm": True, "workload": "sft", "batch": B, "row_tokens_min_mean_max":
            [min(lengths), round(statistics.mean(lengths), 1), max(lengths)], "minimind_pads_to": fixed,
            "steps_per_repeat": args.steps, "first_loss": {k: round(v, 5) for k, v in first.items()},
