@@ -6,7 +6,9 @@ Hugging Face export is a dtype cast, not a rewrite.
 
 Padding: prompts may be LEFT-padded. Pass `attention_mask` [B, T] (1 = real token); position
 ids then default to `cumsum(mask) - 1`, so a left-padded prompt sees exactly the positions it
-would see alone, and padded keys are never attended.
+would see alone, and padded keys are never attended. A loss that needs hidden states at some
+positions only (RL response tokens, SFT labels) calls `MiniMindModel.hidden_at`, which runs the
+position-wise layers on those positions and the real tokens before them, padding packed away (`Packed`).
 """
 from __future__ import annotations
 
