@@ -75,9 +75,10 @@ class ToolsGRPOConfig(GRPOMathConfig):
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(answer_mode="hash", format_weight=0.0,
                                                                       tool_format_weight=0.1))
     driver: DriverConfig = field(default_factory=lambda: DriverConfig(steps=40, prompts_per_step=16))
-    # micro-batches of 64 rows as grpo_math's: the same gradient, one micro-batch of activations held at a time
+    # micro-batches of 32 rows (grpo_math's 64 hold ~1.3 GB here: each row attends to a ~575-token tool
+    # prompt): the same gradient and step time, one micro-batch of activations held at a time
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4, warmup_steps=0, min_lr_ratio=0.1,
-                                                                   weight_decay=0.0, micro_batch_size=64))
+                                                                   weight_decay=0.0, micro_batch_size=32))
     algo: ClassVar[str] = "grpo"
     # an episode's response holds its turns AND the observations between them, up to this budget
     response_budget_field: ClassVar[str] = "env.max_total_tokens"
