@@ -152,7 +152,8 @@ class Packed:
 
     def __init__(self, keep: torch.Tensor):
         self.B, self.T = keep.shape
-        self.index = keep.reshape(-1).nonzero().squeeze(-1)      # [N] flat positions in B*T
+        self.keep = keep.reshape(-1).bool()                      # [B*T]
+        self.index = self.keep.nonzero().squeeze(-1)             # [N] flat positions in B*T
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, ...] -> [N, ...]"""
@@ -165,9 +166,7 @@ class Packed:
 
     def ranks(self, positions: torch.Tensor) -> torch.Tensor:
         """[M] packed index of each of `positions` [B, T] bool (kept ones), in row-by-row order."""
-        kept = torch.zeros(self.B * self.T, dtype=torch.long, device=self.index.device)
-        kept[self.index] = 1
-        return (kept.cumsum(0) - 1)[positions.reshape(-1).nonzero().squeeze(-1)]
+        return (self.keep.long().cumsum(0) - 1)[positions.reshape(-1).nonzero().squeeze(-1)]
 
 
 def feed_for(wanted: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -75,11 +75,11 @@ def response_hidden(trunk: nn.Module, seq: torch.Tensor, attn: torch.Tensor, R: 
     predicts = F.pad(resp[:, 1:], (0, 1), value=False)                  # the next position is a real token
     h_resp, _ = trunk.hidden_at(seq[:, P:], attn, predicts, cache=kv.rows(inverse))
     # response token t of row b is predicted by its prompt's last hidden state (t = 0), else by the
-    # response pass at t - 1: one gather from [last; h_resp]
+    # response pass at t - 1: the positions t - 1 are `predicts`, so h_resp holds those predictions in
+    # the wanted tokens' own (row-by-row) order. One gather from [last; h_resp]
     wanted = Packed(resp)
-    b, t = wanted.index // R, wanted.index % R
-    rank = predicts.reshape(-1).long().cumsum(0) - 1
-    src = torch.where(t == 0, inverse[b], len(first) + rank[(wanted.index - 1).clamp_min(0)])
+    b, later = wanted.index // R, wanted.index % R > 0
+    src = torch.where(later, len(first) + later.long().cumsum(0) - 1, inverse[b])
     return torch.cat([last, h_resp]).index_select(0, src), wanted
 
 
